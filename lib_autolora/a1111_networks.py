@@ -13,6 +13,7 @@ Layers that do not hold the merged set yet are left to A1111's own path, which i
 This module is duck-typed on those attributes and imports nothing from the WebUI.
 """
 import contextlib
+import time
 
 import torch
 
@@ -57,6 +58,7 @@ class NetworkSwitch:
         self._layers = [layer for layer in layers if hasattr(layer, "network_layer_name")]
         self._base = {}  # layer -> its _base_fields, made on first use, held for the generation
         self.switches = 0
+        self.switch_seconds = 0.0  # time spent switching off and on, not in the model
 
     def held_bytes(self):
         """Memory held by the original copies of the changed layers."""
@@ -81,6 +83,7 @@ class NetworkSwitch:
             return
         wanted = network_names(networks)
         swapped = []
+        started = time.perf_counter()
         try:
             for layer in self._layers:
                 if getattr(layer, "network_current_names", ()) != wanted:
@@ -92,10 +95,13 @@ class NetworkSwitch:
                 layer.network_current_names = ()
             self._loaded.clear()
             self.switches += 1
+            self.switch_seconds += time.perf_counter() - started
             yield
         finally:
+            started = time.perf_counter()
             self._loaded[:] = networks
             for layer, merged in swapped:
                 for owner, name, value in merged:
                     setattr(owner, name, value)
                 layer.network_current_names = wanted
+            self.switch_seconds += time.perf_counter() - started
