@@ -1,0 +1,120 @@
+"""Live: the invariants and checks (a)-(e) on a real WebUI, across samplers and generation modes."""
+import numpy as np
+import pytest
+
+from lib_autolora.params import AutoLoraParams
+from tests.live.conftest import LORAS
+from tests.live.webui import ApiError, max_difference, png_base64
+
+CFG = 7.0
+BASE = dict(prompt="a photo of a cat", negative_prompt="blurry, dark", seed=1234, steps=8, cfg_scale=CFG,
+            width=64, height=64, sampler_name="Euler a", batch_size=1, n_iter=1)
+
+
+def autolora(**values):
+    return {"autolora": {"args": AutoLoraParams(enabled=True, **values).to_args()}}
+
+
+def with_lora(payload, lora, weight=1):
+    return {**payload, "prompt": f"{payload['prompt']} <lora:{lora}:{weight}>"}
+
+
+def init_image():
+    rng = np.random.default_rng(0)
+    return png_base64(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+def inpaint_mask():
+    mask = np.zeros((64, 64, 3), dtype=np.uint8)
+    mask[16:48, 16:48] = 255
+    return png_base64(mask)
+
+
+SCENARIOS = {
+    "euler_a": ("txt2img", {}),
+    "dpmpp_2m": ("txt2img", {"sampler_name": "DPM++ 2M"}),
+    "heun_second_order": ("txt2img", {"sampler_name": "Heun", "steps": 5}),
+    "ddim_eps": ("txt2img", {"sampler_name": "DDIM"}),
+    "unipc": ("txt2img", {"sampler_name": "UniPC"}),
+    "batch_2_count_2": ("txt2img", {"batch_size": 2, "n_iter": 2}),
+    "and_prompt": ("txt2img", {"prompt": "a photo of a cat AND a red house :0.6"}),
+    "prompt_editing": ("txt2img", {"prompt": "a photo of a [cat:dog:0.5]"}),
+    "empty_negative": ("txt2img", {"negative_prompt": ""}),
+    "long_prompt_short_negative": ("txt2img", {"prompt": ", ".join(["a very detailed photo of a cat"] * 14)}),
+    "ngms_skipped_uncond": ("txt2img", {"s_min_uncond": 4.0}),
+    "hires_fix": ("txt2img", {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+                              "hr_second_pass_steps": 4}),
+    "img2img": ("img2img", {"init_images": [init_image()], "denoising_strength": 0.7}),
+    "inpaint": ("img2img", {"init_images": [init_image()], "mask": inpaint_mask(), "denoising_strength": 0.8,
+                            "inpainting_fill": 1}),
+}
+
+
+def generate(webui, kind, payload):
+    return webui.txt2img(payload) if kind == "txt2img" else webui.img2img(payload)
+
+
+@pytest.fixture(scope="module")
+def plain_reference(webui):
+    """(a)'s reference: a LoRA generation with the extension present but not asked for."""
+    return webui.txt2img(with_lora(BASE, LORAS[0]))
+
+
+def test_a_disabled_and_absent_args_equal_a_webui_without_the_extension(webui, plain_webui):
+    payload = with_lora(BASE, LORAS[0])
+    without_extension = plain_webui.txt2img(payload)
+    no_args = webui.txt2img(payload)
+    disabled = webui.txt2img({**payload, "alwayson_scripts": {"autolora": {"args": [False, 3.0, 4, 5, 0.2, 0.9, False]}}})
+    assert no_args.png == without_extension.png
+    assert disabled.png == without_extension.png
+    assert "AutoLoRA" not in disabled.infotexts[0]
+
+
+def test_a_disabled_equals_absent_args(webui, plain_reference):
+    disabled = webui.txt2img({**with_lora(BASE, LORAS[0]), "alwayson_scripts": {"autolora": {"args": [False]}}})
+    assert disabled.png == plain_reference.png
+
+
+@pytest.mark.parametrize("lora", LORAS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_b_c_d_invariants(webui, scenario, lora):
+    kind, overrides = SCENARIOS[scenario]
+    payload = {**BASE, **overrides}
+    plain_lora = generate(webui, kind, with_lora(payload, lora))
+    no_tag = generate(webui, kind, payload)
+    assert max_difference(plain_lora, no_tag) > 0, f"{lora} must change the image"
+
+    # (b) gamma 1, w2 = CFG scale: plain LoRA generation
+    gamma_one = generate(webui, kind, {**with_lora(payload, lora), "alwayson_scripts": autolora(gamma=1.0, lora_cfg=CFG)})
+    assert max_difference(gamma_one, plain_lora) == 0
+    # (c) gamma 0, w1 = CFG scale, base text encoder on: the prompt without the LoRA tag
+    gamma_zero = generate(webui, kind, {**with_lora(payload, lora), "alwayson_scripts": autolora(gamma=0.0, base_cfg=CFG)})
+    assert max_difference(gamma_zero, no_tag) == 0
+    # (d) gamma 1.5 differs from both and the infotext carries the settings
+    guided = generate(webui, kind, {**with_lora(payload, lora), "alwayson_scripts": autolora(gamma=1.5, base_cfg=5.0)})
+    assert max_difference(guided, plain_lora) > 0
+    assert max_difference(guided, no_tag) > 0
+    assert all("AutoLoRA: True" in text and "AutoLoRA w1: 5.0" in text for text in guided.infotexts)
+
+
+@pytest.mark.parametrize("args, named", [
+    ([True, -1.0], "gamma"),
+    ([True, 1e6], "gamma"),
+    ([True, "strong"], "gamma"),
+    ([True, 1.5, 0, 0, 0.9, 0.1], "start must be less than end"),
+])
+def test_e_bad_input_is_named_and_leaves_no_trace(webui, plain_reference, args, named):
+    with pytest.raises(ApiError) as error:
+        webui.txt2img({**with_lora(BASE, LORAS[0]), "alwayson_scripts": {"autolora": {"args": args}}})
+    assert named in error.value.body
+    assert webui.txt2img(with_lora(BASE, LORAS[0])).png == plain_reference.png
+
+
+def test_infotext_in_an_api_request_sets_the_controls(webui):
+    """The API's `infotext` field goes through the same infotext fields as PNG Info."""
+    infotext = (f"a photo of a cat <lora:{LORAS[0]}:1>\nNegative prompt: blurry, dark\nSteps: 8, Sampler: Euler a, "
+                f"CFG scale: 7.0, Seed: 1234, Size: 64x64, AutoLoRA: True, AutoLoRA gamma: 2.5, AutoLoRA w2: 6.0")
+    from_infotext = webui.txt2img({"infotext": infotext})
+    from_args = webui.txt2img({**with_lora(BASE, LORAS[0]), "alwayson_scripts": autolora(gamma=2.5, lora_cfg=6.0)})
+    assert "AutoLoRA gamma: 2.5" in from_infotext.infotexts[0]
+    assert max_difference(from_infotext, from_args) == 0
