@@ -75,11 +75,7 @@ def test_a_disabled_equals_absent_args(webui, plain_reference):
     assert disabled.png == plain_reference.png
 
 
-@pytest.mark.parametrize("lora", LORAS)
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_b_c_d_invariants(webui, scenario, lora):
-    kind, overrides = SCENARIOS[scenario]
-    payload = {**BASE, **overrides}
+def check_invariants(webui, kind, payload, lora):
     plain_lora = generate(webui, kind, with_lora(payload, lora))
     no_tag = generate(webui, kind, payload)
     assert max_difference(plain_lora, no_tag) > 0, f"{lora} must change the image"
@@ -95,6 +91,25 @@ def test_b_c_d_invariants(webui, scenario, lora):
     assert max_difference(guided, plain_lora) > 0
     assert max_difference(guided, no_tag) > 0
     assert all("AutoLoRA: True" in text and "AutoLoRA w1: 5.0" in text for text in guided.infotexts)
+
+
+@pytest.mark.parametrize("lora", LORAS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_b_c_d_invariants(webui, scenario, lora):
+    kind, overrides = SCENARIOS[scenario]
+    check_invariants(webui, kind, {**BASE, **overrides}, lora)
+
+
+@pytest.mark.parametrize("lora", LORAS)
+def test_b_c_d_invariants_with_lora_functional(webui, lora):
+    """A1111's other LoRA mode: networks add their output in each layer's forward, unmerged."""
+    webui.call("/sdapi/v1/options", {"lora_functional": True})
+    try:
+        # the host leaves weights merged by earlier generations until a forward with networks restores them
+        webui.txt2img(with_lora(BASE, lora))
+        check_invariants(webui, "txt2img", BASE, lora)
+    finally:
+        webui.call("/sdapi/v1/options", {"lora_functional": False})
 
 
 @pytest.mark.parametrize("args, named", [
