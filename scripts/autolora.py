@@ -1,7 +1,7 @@
 """AutoLoRA guidance for the WebUI: the script's UI and hooks; the logic is in lib_autolora."""
 import gradio as gr
 
-from lib_autolora import a1111 as host
+from lib_autolora import webui as host
 from lib_autolora.params import FIELDS_BY_NAME, AutoLoraParams
 from modules import scripts
 from modules.ui_components import InputAccordion

@@ -1,0 +1,136 @@
+"""Forge adapter: everything that touches Forge's backend.
+
+Forge computes CFG inside `backend.sampling.sampling_function` and never fires on_cfg_denoised.
+Per sampling pass a clone of the UNet patcher gets a post-CFG function (first in the list, so it
+sees the host's raw result) that evaluates the base model with `calc_cond_uncond_batch`, the call
+Forge's own PAG and SAG use, with the prompt's LoRA patches switched off; and a model function
+wrapper that runs base-only calls with the patches off. LoRA-only and base-only calls return the
+host's own result, so gamma 1 and gamma 0 match plain generations bit for bit.
+"""
+import contextlib
+import functools
+import math
+
+from lib_autolora import forge_hooks, guidance, webui
+from lib_autolora.forge_lora import ForgeLoraSwitch
+
+from backend import utils as backend_utils
+from backend.sampling.condition import compile_conditions, compile_weighted_conditions
+from backend.sampling.sampling_function import calc_cond_uncond_batch
+from modules import shared
+
+
+def _lora_networks():
+    import networks  # Forge's built-in sd_forge_lora extension
+    return networks
+
+
+@contextlib.contextmanager
+def _original_text_encoder(sd_model):
+    lora_clip = sd_model.forge_objects.clip
+    sd_model.forge_objects.clip = sd_model.forge_objects_original.clip
+    try:
+        yield
+    finally:
+        sd_model.forge_objects.clip = lora_clip
+
+
+def _host_cond_scale(denoiser, sigma):
+    """The scale CFGDenoiser.forward hands to sampling_function for this call (1 when it skips CFG)."""
+    opts, extra, p = shared.opts, denoiser.sampler.sampler_extra_args, denoiser.p
+    if opts.skip_early_cond > 0 and denoiser.step / denoiser.total_steps <= opts.skip_early_cond:
+        return 1.0
+    s_min_uncond = extra.get("s_min_uncond") or 0
+    if (denoiser.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+        return 1.0
+    return p.hr_cfg if p.is_hr_pass else extra["cond_scale"]
+
+
+class ForgeGeneration(webui.Generation):
+    def __init__(self, p, params):
+        super().__init__(p, params)
+        self.base_c = self.base_uc = None
+        self.step_base_conds = None
+        self.host_scale = None
+
+    def handles(self, denoiser):
+        return self.switch is not None and getattr(denoiser, "p", None) is self.p
+
+    # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
+
+    def prepare_pass(self, p):
+        if self.report.not_applied:
+            return
+        networks = _lora_networks()
+        if not networks.loaded_networks:
+            return self.stand_aside("no LoRA network is active in the prompt")
+        sd_model = p.sd_model
+        unet = sd_model.forge_objects.unet
+        if forge_hooks.installed(unet.model_options):
+            return
+        c, uc = p.get_conds()
+        pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
+        explicit = [w for w in (self.params.base_cfg, self.params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
+        if explicit and math.isclose(pass_scale, 1.0) and uc is None:
+            return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, so w1/w2 other than 1 cannot apply")
+        if self.switch is None or self.switch.model is not unet.model:
+            if self.switch is not None:
+                self.switch.release()
+            self.switch = ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw)
+        self.report.networks = [n.name for n in networks.loaded_networks]
+        if self.params.base_text_encoder:
+            self.base_c, self.base_uc = webui.base_conds(p, functools.partial(_original_text_encoder, sd_model))
+        else:
+            self.base_c, self.base_uc = c, uc
+        unet = unet.clone()
+        forge_hooks.install(unet.model_options, self.post_cfg, self.model_function)
+        if explicit and math.isclose(pass_scale, 1.0):
+            unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
+        sd_model.forge_objects.unet = unet
+
+    # -- per denoiser call --
+
+    def on_cfg_denoiser(self, params):
+        """Decides the passes of this call; a base-only call gets the base conds here."""
+        denoiser = params.denoiser
+        progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
+        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.params, progress)
+        self.report.record(self.step_passes, denoiser.step, webui.pass_label(self.p))
+        self.host_scale = _host_cond_scale(denoiser, params.sigma)
+        if self.step_passes is guidance.Passes.LORA:
+            return
+        conds_list, tensor, uncond = webui.conds_at_step(self.base_c, self.base_uc, denoiser.step)
+        self.step_base_conds = conds_list, tensor, uncond
+        if self.step_passes is guidance.Passes.BASE:
+            params.text_cond, params.text_uncond = tensor, uncond
+
+    def model_function(self, previous, apply_model, args):
+        def run():
+            if previous is not None:
+                return previous(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        if self.step_passes is guidance.Passes.BASE:
+            with self.switch.networks_off():
+                return run()
+        return run()
+
+    def post_cfg(self, args):
+        if self.step_passes is None or self.report.not_applied:
+            return args["denoised"]
+        return forge_hooks.combine(args, self.step_passes, self.params, self.host_scale, self._evaluate_base)
+
+    def _evaluate_base(self, args, with_uncond):
+        """The base model's (cond, uncond) predictions, batched by the host's own function."""
+        conds_list, tensor, uncond = self.step_base_conds
+        cond_in = forge_hooks.inherit(compile_weighted_conditions(tensor, conds_list), args["cond"])
+        uncond_in = None
+        if with_uncond and uncond is not None:
+            uncond_in = forge_hooks.inherit(compile_conditions(uncond), args["uncond"])
+        with self.switch.networks_off():
+            return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
+                                          args["model_options"])
+
+    def close(self):
+        super().close()
+        self.step_base_conds = None

@@ -1,0 +1,67 @@
+"""The host-free part of the Forge adapter: installing its hooks on a patcher's model options,
+and the post-CFG combination on Forge's argument layout."""
+import functools
+import math
+
+from lib_autolora import guidance
+
+MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
+
+
+def forge_cfg(uncond, cond, scale, edit_strength):
+    """sampling_function_inner's CFG, written as the host writes it."""
+    if math.isclose(edit_strength, 1.0):
+        return uncond + (cond - uncond) * scale
+    return uncond + (cond - uncond) * scale * edit_strength
+
+
+def inherit(base_entries, host_entries):
+    """Compiled base conds take what the host added to its own (image cond, ControlNet), entry by entry."""
+    for base, host in zip(base_entries, host_entries or []):
+        for key, value in host.items():
+            base.setdefault(key, value)
+        for key, value in host["model_conds"].items():
+            base["model_conds"].setdefault(key, value)
+    return base_entries
+
+
+def installed(options):
+    return any(getattr(fn, MARK, False) for fn in options.get("sampler_post_cfg_function", []))
+
+
+def install(options, post_cfg, model_function):
+    """Puts `post_cfg` first among the post-CFG functions (it must see the host's raw result) and
+    wraps the model function, chaining any wrapper already there. Does nothing if already there."""
+    if installed(options):
+        return False
+    post_cfg = functools.partial(post_cfg)
+    setattr(post_cfg, MARK, True)
+    options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
+    options["model_function_wrapper"] = functools.partial(model_function, options.get("model_function_wrapper"))
+    return True
+
+
+def uncond_evaluated(args, host_scale):
+    """Whether the host ran the uncond pass (it skips it at scale 1 unless told not to)."""
+    return not (math.isclose(host_scale, 1.0) and not args["model_options"].get("disable_cfg1_optimization", False))
+
+
+def combine(args, passes, params, host_scale, evaluate_base):
+    """The denoised result of one call; `evaluate_base(args, with_uncond)` -> (cond, uncond) base predictions."""
+    with_uncond = uncond_evaluated(args, host_scale)
+    edit_strength = sum(entry.get("strength", 1) for entry in args["cond"])
+
+    def guided(uncond, cond, w, host_result=None):
+        scale = host_scale if w is None or not with_uncond else w
+        if host_result is not None and scale == host_scale:
+            return host_result  # the host's own result, whatever CFG function produced it
+        return forge_cfg(uncond, cond, scale, edit_strength)
+
+    host = args["uncond_denoised"], args["cond_denoised"]
+    if passes is guidance.Passes.LORA:
+        return guided(*host, params.lora_cfg, args["denoised"])
+    if passes is guidance.Passes.BASE:  # the host evaluated the base model
+        return guided(*host, params.base_cfg, args["denoised"])
+    lora = guided(*host, params.lora_cfg, args["denoised"])
+    base_cond, base_uncond = evaluate_base(args, with_uncond)
+    return guidance.autolora(guided(base_uncond, base_cond, params.base_cfg), lora, params.gamma)

@@ -1,0 +1,41 @@
+"""What AutoLoRA did in one generation, for the console line the user reads."""
+from lib_autolora.guidance import Passes
+
+
+class RunReport:
+    def __init__(self, params):
+        self.params = params
+        self.calls = {passes: 0 for passes in Passes}
+        self.active_steps = {}  # pass label ("steps", "hires pass") -> denoiser steps with AutoLoRA
+        self.networks = []
+        self.not_applied = None  # why AutoLoRA stood aside, once known
+
+    def record(self, passes, step, label):
+        self.calls[passes] += 1
+        if passes is not Passes.LORA:
+            self.active_steps.setdefault(label, []).append(step)
+
+    def stand_aside(self, reason):
+        """Returns True the first time, so the caller can say it once."""
+        if self.not_applied is not None:
+            return False
+        self.not_applied = reason
+        return True
+
+    def summary(self, switches=0, switch_seconds=0.0, held_bytes=0):
+        """The console line, or None when AutoLoRA stood aside (it said why when it did)."""
+        params = self.params
+        if self.not_applied:
+            return None
+        if not self.active_steps:
+            if params.gamma == 1:
+                return "AutoLoRA: gamma 1 is plain LoRA generation; no base pass was run."
+            return f"AutoLoRA: no denoiser call fell in the range {params.start:g}-{params.end:g}; plain LoRA generation."
+        w1 = "CFG" if params.base_cfg is None else f"{params.base_cfg:g}"
+        w2 = "CFG" if params.lora_cfg is None else f"{params.lora_cfg:g}"
+        active = self.calls[Passes.BOTH] + self.calls[Passes.BASE]
+        steps = ", ".join(f"{label} {min(s)}-{max(s)}" for label, s in self.active_steps.items())
+        mode = "base model only" if params.gamma == 0 else "LoRA and base passes"
+        return (f"AutoLoRA: gamma {params.gamma:g}, w1 {w1}, w2 {w2}, {mode} on {active} of {sum(self.calls.values())} "
+                f"denoiser calls ({steps}), networks {', '.join(self.networks)}; {switches} network switches took "
+                f"{switch_seconds * 1000:.0f} ms, {held_bytes / 2**20:.1f} MiB held for the base weights.")

@@ -1,0 +1,112 @@
+"""Tier 2: the Forge adapter's host-free parts: hook installation, the combination on Forge's
+post-CFG argument layout, and host detection."""
+import importlib.util
+import types
+
+import pytest
+import torch
+
+from lib_autolora import forge_hooks, guidance, hosts
+from lib_autolora.guidance import Passes
+from lib_autolora.params import AutoLoraParams
+
+HOST_SCALE = 7.0
+
+
+def forge_args(strengths=(1.0,), disable_cfg1=False, seed=0):
+    torch.manual_seed(seed)
+    uncond, cond = torch.randn(2, 1, 4, 8, 8)
+    return {"denoised": uncond + (cond - uncond) * HOST_SCALE, "uncond_denoised": uncond, "cond_denoised": cond,
+            "cond": [{"strength": s, "model_conds": {}} for s in strengths], "uncond": [{"model_conds": {}}],
+            "model_options": {"disable_cfg1_optimization": disable_cfg1}, "input": torch.zeros(1, 4, 8, 8)}
+
+
+def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
+    calls = []
+    existing_post = lambda args: args["denoised"]  # noqa: E731
+    existing_wrapper = lambda apply_model, args: calls.append("theirs") or apply_model(args)  # noqa: E731
+    options = {"sampler_post_cfg_function": [existing_post], "model_function_wrapper": existing_wrapper}
+
+    def ours(args):
+        return args["denoised"]
+
+    def model_function(previous, apply_model, args):
+        calls.append("ours")
+        return previous(apply_model, args)
+
+    assert forge_hooks.install(options, ours, model_function)
+    assert not forge_hooks.install(options, ours, model_function)
+    assert len(options["sampler_post_cfg_function"]) == 2
+    assert options["sampler_post_cfg_function"][0].func is ours
+    assert options["sampler_post_cfg_function"][1] is existing_post
+    assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
+    assert calls == ["ours", "theirs"]
+
+
+@pytest.mark.parametrize("passes, w_name", [(Passes.LORA, "lora_cfg"), (Passes.BASE, "base_cfg")])
+def test_single_pass_calls_return_the_hosts_result_for_its_scale(passes, w_name):
+    args = forge_args()
+    for w in (None, HOST_SCALE):
+        params = AutoLoraParams(True, 1.0 if passes is Passes.LORA else 0.0, **{w_name: w})
+        assert forge_hooks.combine(args, passes, params, HOST_SCALE, None) is args["denoised"]
+    params = AutoLoraParams(True, 1.0, **{w_name: 3.0})
+    expected = args["uncond_denoised"] + (args["cond_denoised"] - args["uncond_denoised"]) * 3.0
+    assert torch.equal(forge_hooks.combine(args, passes, params, HOST_SCALE, None), expected)
+
+
+def test_both_passes_blend_the_guided_predictions_with_gamma():
+    args = forge_args(strengths=(0.5, 0.5))  # an AND prompt: Forge multiplies the scale by the weights' sum
+    base = forge_args(seed=1)
+    seen = []
+
+    def evaluate_base(call_args, with_uncond):
+        seen.append(with_uncond)
+        return base["cond_denoised"], base["uncond_denoised"]
+
+    params = AutoLoraParams(True, 1.5, base_cfg=5.0, lora_cfg=None)
+    got = forge_hooks.combine(args, Passes.BOTH, params, HOST_SCALE, evaluate_base)
+    base_guided = guidance.cfg(base["uncond_denoised"], base["cond_denoised"], 5.0 * 1.0)
+    expected = guidance.autolora(base_guided, args["denoised"], 1.5)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert seen == [True]
+
+
+def test_when_the_host_skipped_the_uncond_pass_everything_uses_the_cond_alone():
+    args = forge_args()
+    args["uncond_denoised"] = torch.zeros_like(args["cond_denoised"])
+    args["denoised"] = args["cond_denoised"].clone()
+    base = forge_args(seed=2)["cond_denoised"]
+    seen = []
+
+    def evaluate_base(call_args, with_uncond):
+        seen.append(with_uncond)
+        return base, torch.zeros_like(base)
+
+    got = forge_hooks.combine(args, Passes.BOTH, AutoLoraParams(True, 2.0, 5.0, 9.0), 1.0, evaluate_base)
+    assert seen == [False]
+    assert torch.allclose(got, base + 2.0 * (args["cond_denoised"] - base), atol=1e-6)
+    # told to keep the uncond pass (CFG 1 with explicit scales), the explicit scales apply
+    args_kept = forge_args(disable_cfg1=True)
+    assert forge_hooks.uncond_evaluated(args_kept, 1.0)
+
+
+def test_inherit_keeps_base_text_and_takes_the_hosts_other_conditions():
+    base = [{"cross_attn": "base text", "strength": 0.5, "model_conds": {"c_crossattn": "base"}}]
+    host = [{"cross_attn": "lora text", "strength": 0.5, "control": "cn",
+             "model_conds": {"c_crossattn": "lora", "c_concat": "image"}}]
+    assert forge_hooks.inherit(base, host) == [{"cross_attn": "base text", "strength": 0.5, "control": "cn",
+                                                "model_conds": {"c_crossattn": "base", "c_concat": "image"}}]
+
+
+def test_host_detection_is_from_what_imports(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: types.SimpleNamespace() if name == "backend.patcher" else real(name, *a))
+    assert hosts.is_forge()
+
+    def no_backend(name, *a):
+        if name.startswith("backend"):
+            raise ModuleNotFoundError(name)
+        return real(name, *a)
+    monkeypatch.setattr(importlib.util, "find_spec", no_backend)
+    assert not hosts.is_forge()

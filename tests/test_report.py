@@ -1,0 +1,36 @@
+"""Tier 1: the console line that says what AutoLoRA did."""
+from lib_autolora.guidance import Passes
+from lib_autolora.params import AutoLoraParams
+from lib_autolora.report import RunReport
+
+
+def test_active_run_names_settings_steps_passes_and_networks():
+    report = RunReport(AutoLoraParams(True, 1.5, 5.0, None))
+    report.networks = ["style", "face"]
+    for step in range(4):
+        report.record(Passes.LORA if step == 0 else Passes.BOTH, step, "steps")
+    report.record(Passes.BOTH, 0, "hires pass")
+    line = report.summary(switches=4, switch_seconds=0.012, held_bytes=3 * 2**20)
+    assert line == ("AutoLoRA: gamma 1.5, w1 5, w2 CFG, LoRA and base passes on 4 of 5 denoiser calls "
+                    "(steps 1-3, hires pass 0-0), networks style, face; 4 network switches took 12 ms, "
+                    "3.0 MiB held for the base weights.")
+
+
+def test_gamma_one_says_no_base_pass_ran():
+    report = RunReport(AutoLoraParams(True, 1.0))
+    report.record(Passes.LORA, 0, "steps")
+    assert "no base pass" in report.summary()
+
+
+def test_range_that_no_call_falls_in_is_reported():
+    report = RunReport(AutoLoraParams(True, 1.5, start=0.9, end=0.95))
+    report.record(Passes.LORA, 0, "steps")
+    assert "no denoiser call fell in the range 0.9-0.95" in report.summary()
+
+
+def test_standing_aside_is_said_once_and_replaces_the_summary():
+    report = RunReport(AutoLoraParams(True))
+    assert report.stand_aside("no LoRA network is active in the prompt")
+    assert not report.stand_aside("another reason")
+    assert report.not_applied == "no LoRA network is active in the prompt"
+    assert report.summary() is None
