@@ -59,7 +59,7 @@ class A1111Generation(webui.Generation):
     # -- once per sampling pass (every batch, and the hires pass) --
 
     def prepare_pass(self, p):
-        if self.report.not_applied:
+        if not self.start_pass(p):
             return
         networks = _lora_networks()
         if not networks.loaded_networks:
@@ -77,7 +77,7 @@ class A1111Generation(webui.Generation):
             self.switch = NetworkSwitch(networks.loaded_networks, shared.sd_model.network_layer_mapping.values())
             self.switch_names = wanted
         self.report.networks = [n.name for n in networks.loaded_networks]
-        if self.params.base_text_encoder:
+        if self.pass_params.base_text_encoder:
             self.base_c, self.base_uc = webui.base_conds(p, self.switch.networks_off)
         else:
             self.base_c, self.base_uc = p.get_conds()
@@ -94,7 +94,7 @@ class A1111Generation(webui.Generation):
         if shared.sd_model is not self.model:
             self.stand_aside("a refiner swapped the model during sampling")
         progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
-        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.params, progress)
+        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.pass_params, progress)
         self.report.record(self.step_passes, denoiser.step, webui.pass_label(self.p))
         self.rows_evaluated = 0
         self.denoiser_params = params
@@ -116,13 +116,13 @@ class A1111Generation(webui.Generation):
             return w * self.denoiser.cond_scale_miltiplier
 
         if self.step_passes is guidance.Passes.LORA:
-            return host_combine(x_out, conds_list, uncond, scale(self.params.lora_cfg))
+            return host_combine(x_out, conds_list, uncond, scale(self.pass_params.lora_cfg))
         if self.step_passes is guidance.Passes.BASE:
-            return host_combine(x_out, conds_list, uncond, scale(self.params.base_cfg))
-        lora = host_combine(x_out, conds_list, uncond, scale(self.params.lora_cfg))
+            return host_combine(x_out, conds_list, uncond, scale(self.pass_params.base_cfg))
+        lora = host_combine(x_out, conds_list, uncond, scale(self.pass_params.lora_cfg))
         base_out = self._evaluate_base(conds_list, skipped)
-        base = host_combine(base_out, conds_list, uncond, scale(self.params.base_cfg))
-        return guidance.autolora(base, lora, self.params.gamma)
+        base = host_combine(base_out, conds_list, uncond, scale(self.pass_params.base_cfg))
+        return guidance.autolora(base, lora, self.pass_params.gamma)
 
     def _evaluate_base(self, conds_list, skipped):
         """The base model's outputs in the layout of the host's x_out, batched as the host batches."""

@@ -54,12 +54,12 @@ class ForgeGeneration(webui.Generation):
         self.host_scale = None
 
     def handles(self, denoiser):
-        return self.switch is not None and getattr(denoiser, "p", None) is self.p
+        return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
 
     # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
 
     def prepare_pass(self, p):
-        if self.report.not_applied:
+        if not self.start_pass(p):
             return
         networks = _lora_networks()
         if not networks.loaded_networks:
@@ -70,7 +70,7 @@ class ForgeGeneration(webui.Generation):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
-        explicit = [w for w in (self.params.base_cfg, self.params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
+        explicit = [w for w in (self.pass_params.base_cfg, self.pass_params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
             return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, so w1/w2 other than 1 cannot apply")
         if self.switch is None or self.switch.model is not unet.model:
@@ -78,7 +78,7 @@ class ForgeGeneration(webui.Generation):
                 self.switch.release()
             self.switch = ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw)
         self.report.networks = [n.name for n in networks.loaded_networks]
-        if self.params.base_text_encoder:
+        if self.pass_params.base_text_encoder:
             self.base_c, self.base_uc = webui.base_conds(p, functools.partial(_original_text_encoder, sd_model))
         else:
             self.base_c, self.base_uc = c, uc
@@ -94,7 +94,7 @@ class ForgeGeneration(webui.Generation):
         """Decides the passes of this call; a base-only call gets the base conds here."""
         denoiser = params.denoiser
         progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
-        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.params, progress)
+        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.pass_params, progress)
         self.report.record(self.step_passes, denoiser.step, webui.pass_label(self.p))
         self.host_scale = _host_cond_scale(denoiser, params.sigma)
         if self.step_passes is guidance.Passes.LORA:
@@ -118,7 +118,7 @@ class ForgeGeneration(webui.Generation):
     def post_cfg(self, args):
         if self.step_passes is None or self.report.not_applied:
             return args["denoised"]
-        return forge_hooks.combine(args, self.step_passes, self.params, self.host_scale, self._evaluate_base)
+        return forge_hooks.combine(args, self.step_passes, self.pass_params, self.host_scale, self._evaluate_base)
 
     def _evaluate_base(self, args, with_uncond):
         """The base model's (cond, uncond) predictions, batched by the host's own function."""

@@ -1,11 +1,11 @@
 """Glue shared by both WebUI hosts: the generation's lifecycle, the base conds, the callback."""
 import functools
 
-from lib_autolora import hosts
-from lib_autolora.params import FIELDS, AutoLoraParamError, AutoLoraParams, parse_value
+from lib_autolora import hosts, settings, xyz
+from lib_autolora.params import FIELDS, AutoLoraParamError, AutoLoraParams
 from lib_autolora.report import RunReport
 
-from modules import devices, processing, prompt_parser, script_callbacks
+from modules import devices, processing, prompt_parser, script_callbacks, shared
 
 _generation = None  # the running request's generation, if AutoLoRA is enabled for it
 
@@ -21,13 +21,19 @@ class Generation:
         self.p = p
         self.params = params
         self.report = RunReport(params)
+        self.pass_params = params  # the settings of the sampling pass under way
         self.switch = None
         self.step_passes = None
         self.patched = []  # (object, attribute, previous value or self if none) to undo
 
     def stand_aside(self, reason):
-        if self.report.stand_aside(reason):
+        if self.report.stand_aside(reason) and settings.console_summary(shared.opts):
             print(f"AutoLoRA: not applied, {reason}; generating as usual.")
+
+    def start_pass(self, p):
+        """Whether AutoLoRA applies to the sampling pass that starts (the hires pass can be off)."""
+        self.pass_params = self.params.for_pass(getattr(p, "is_hr_pass", False))
+        return self.pass_params is not None and not self.report.not_applied
 
     def handles(self, denoiser):
         raise NotImplementedError
@@ -107,13 +113,15 @@ def begin(p, args):
     """`process`: read the arguments; on bad input make this generation fail with the message."""
     global _generation
     end()
+    for field in FIELDS:  # X/Y/Z cells share this dict: drop what an earlier cell wrote
+        p.extra_generation_params.pop(field.infotext, None)
     try:
-        if not args or not parse_value(FIELDS[0], args[0]):
-            return
-        params = AutoLoraParams.from_args(args)
+        params = AutoLoraParams.from_args(args, settings.defaults(shared.opts), xyz.overrides(p))
     except AutoLoraParamError as error:
         print(error)
         p.sample = functools.partial(_fail_sampling, error)
+        return
+    if not params.enabled:
         return
     p.extra_generation_params.update(params.to_infotext())
     _generation = _adapter()(p, params)
@@ -129,7 +137,7 @@ def finish(p):
     """`postprocess`: print what AutoLoRA did, undo everything."""
     if _generation is not None and _generation.p is p:
         line = _generation.summary()
-        if line:
+        if line and settings.console_summary(shared.opts):
             print(line)
     end()
 

@@ -37,8 +37,55 @@ def test_start_after_end_is_rejected_with_both_values():
 
 
 def test_too_many_values_are_rejected():
-    with pytest.raises(AutoLoraParamError, match="at most 7 values"):
-        AutoLoraParams.from_args([True] + [1] * 7)
+    with pytest.raises(AutoLoraParamError, match=f"at most {len(FIELDS)} values"):
+        AutoLoraParams.from_args([True] + [1] * len(FIELDS))
+
+
+def test_disabled_settings_are_not_checked():
+    assert AutoLoraParams.from_args([False, -5, "x", None, 2, 1, "maybe"]) == AutoLoraParams()
+
+
+def test_named_values_take_defaults_for_missing_keys_and_enable():
+    assert AutoLoraParams.from_args([{"gamma": 2}, 1.5, 0, 0]) == AutoLoraParams(enabled=True, gamma=2.0)
+    assert AutoLoraParams.from_args([{"w1": 5, "w2": 6.5, "hires": "Off"}]) == \
+        AutoLoraParams(enabled=True, base_cfg=5.0, lora_cfg=6.5, hires="off")
+    assert AutoLoraParams.from_args([{"enabled": False, "gamma": -1}]) == AutoLoraParams()
+
+
+@pytest.mark.parametrize("named, message", [
+    ({"gama": 2}, r"unknown key 'gama'; allowed keys: enabled, gamma, .*w1, w2"),
+    ({"gamma": "high"}, r"gamma must be a number from 0 to 10, got 'high'"),
+    ({"base_cfg": 40}, r"base_cfg must be a number from 0 to 30 \(0 or null = use the CFG Scale\), got 40"),
+    ({"hires": "double"}, r"hires must be one of 'same', 'own', 'off', got 'double'"),
+    ({"start": 0.5, "end": 0.5}, r"start must be less than end"),
+])
+def test_named_values_errors_name_the_key_and_the_allowed_values(named, message):
+    with pytest.raises(AutoLoraParamError, match=message):
+        AutoLoraParams.from_args([named])
+
+
+def test_settings_defaults_replace_built_in_defaults_but_not_given_values():
+    defaults = {"gamma": 2.0, "lora_cfg": 6.0}
+    assert AutoLoraParams.from_args([True], defaults) == AutoLoraParams(enabled=True, gamma=2.0, lora_cfg=6.0)
+    assert AutoLoraParams.from_args([{"gamma": 3}], defaults) == AutoLoraParams(enabled=True, gamma=3.0, lora_cfg=6.0)
+
+
+def test_hires_pass_settings():
+    params = AutoLoraParams(True, 1.5, 5.0, None, hires="own", hires_gamma=2.5, hires_lora_cfg=4.0)
+    assert params.for_pass(is_hires=False) is params
+    hires = params.for_pass(is_hires=True)
+    assert (hires.gamma, hires.base_cfg, hires.lora_cfg) == (2.5, None, 4.0)
+    assert AutoLoraParams(True, hires="off").for_pass(is_hires=True) is None
+    same = AutoLoraParams(True, 2.0)
+    assert same.for_pass(is_hires=True) is same
+
+
+def test_hires_values_reach_infotext_only_when_used():
+    unused = AutoLoraParams(True, hires_gamma=3.0)
+    assert unused.to_infotext() == {"AutoLoRA": True}
+    used = AutoLoraParams(True, hires="own", hires_gamma=3.0)
+    assert used.to_infotext() == {"AutoLoRA": True, "AutoLoRA hires": "own", "AutoLoRA hires gamma": 3.0}
+    assert AutoLoraParams.from_infotext({k: str(v) for k, v in used.to_infotext().items()}) == used
 
 
 def test_numbers_as_strings_are_read_as_infotext_gives_them():
@@ -58,6 +105,8 @@ def test_infotext_has_the_flag_and_only_non_defaults():
     AutoLoraParams(enabled=True),
     AutoLoraParams(True, 0.0, 7.0, 7.0, 0.1, 0.5, False),
     AutoLoraParams(True, 3.25, None, 4.0, 0.0, 1.0, True),
+    AutoLoraParams(True, hires="own", hires_gamma=0.0, hires_base_cfg=9.0, hires_lora_cfg=3.0),
+    AutoLoraParams(True, hires="off"),
 ])
 def test_infotext_round_trip_through_text(params):
     as_text = {key: str(value) for key, value in params.to_infotext().items()}  # infotext is text
@@ -71,3 +120,11 @@ def test_infotext_without_autolora_keys_disables_it():
 def test_every_field_has_a_label_an_infotext_key_and_a_hint():
     assert len({f.infotext for f in FIELDS}) == len(FIELDS)
     assert all(f.label and f.hint for f in FIELDS)
+
+
+def test_overrides_replace_given_values_and_can_enable():
+    args = [False, 2.0, 5, 0, 0.1, 0.9]
+    assert AutoLoraParams.from_args(args, overrides={"enabled": "True", "gamma": 3.0}) == \
+        AutoLoraParams(True, 3.0, 5.0, None, 0.1, 0.9)
+    with pytest.raises(AutoLoraParamError, match="gamma must be"):
+        AutoLoraParams.from_args([True], overrides={"gamma": 11})

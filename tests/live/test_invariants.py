@@ -47,6 +47,8 @@ SCENARIOS = {
     "img2img": ("img2img", {"init_images": [init_image()], "denoising_strength": 0.7}),
     "inpaint": ("img2img", {"init_images": [init_image()], "mask": inpaint_mask(), "denoising_strength": 0.8,
                             "inpainting_fill": 1}),
+    "inpaint_only_masked": ("img2img", {"init_images": [init_image()], "mask": inpaint_mask(), "denoising_strength": 0.8,
+                                        "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 8}),
 }
 
 

@@ -52,7 +52,7 @@ def test_accordion_generates_and_writes_infotext(page):
 
 def test_every_control_shows_its_hint(page):
     accordion = page.locator("#autolora_txt2img_enabled")
-    for name in ("gamma", "base_cfg", "lora_cfg", "start", "end", "base_text_encoder"):
+    for name in ("gamma", "base_cfg", "lora_cfg", "start", "end", "base_text_encoder", "hires"):
         field = FIELDS_BY_NAME[name]
         assert accordion.get_by_text(field.hint, exact=False).count() >= 1, f"no hint for {field.label}"
 
@@ -71,14 +71,17 @@ def test_pasted_infotext_restores_every_control_and_text_without_keys_disables(p
     paste_infotext(page, "a photo of a cat <lora:autolora_test_lora:1>\nNegative prompt: dark\n"
                          "Steps: 6, Sampler: Euler a, CFG scale: 7.0, Seed: 5, Size: 64x64, AutoLoRA: True, "
                          "AutoLoRA gamma: 3.5, AutoLoRA w1: 4.0, AutoLoRA w2: 6.5, AutoLoRA start: 0.1, "
-                         "AutoLoRA end: 0.8, AutoLoRA base TE: False")
+                         "AutoLoRA end: 0.8, AutoLoRA base TE: False, AutoLoRA hires: own, AutoLoRA hires gamma: 2.5")
     enabled = page.locator("#autolora_txt2img_enabled .input-accordion-checkbox").first
     assert enabled.is_checked()
     assert [value_of(page, f"autolora_txt2img_{n}") for n in ("gamma", "base_cfg", "lora_cfg", "start", "end")] == \
         [3.5, 4.0, 6.5, 0.1, 0.8]
-    assert not page.locator("#autolora_txt2img_base_te input[type=checkbox]").first.is_checked()
+    assert not page.locator("#autolora_txt2img_base_text_encoder input[type=checkbox]").first.is_checked()
+    assert page.locator("#autolora_txt2img_hires input[value=own]").first.is_checked()
+    assert value_of(page, "autolora_txt2img_hires_gamma") == 2.5
 
     paste_infotext(page, "a photo of a dog\nSteps: 6, Sampler: Euler a, CFG scale: 7.0, Seed: 5, Size: 64x64")
     assert not enabled.is_checked()
     assert value_of(page, "autolora_txt2img_gamma") == 1.5
-    assert page.locator("#autolora_txt2img_base_te input[type=checkbox]").first.is_checked()
+    assert page.locator("#autolora_txt2img_base_text_encoder input[type=checkbox]").first.is_checked()
+    assert page.locator("#autolora_txt2img_hires input[value=same]").first.is_checked()

@@ -1,0 +1,38 @@
+"""Settings → AutoLoRA: defaults for the controls, and whether the console line is printed.
+Values are read from the options' data, so they work before and after the section is built."""
+from lib_autolora.params import FIELDS
+
+SECTION = ("autolora", "AutoLoRA")
+CONSOLE_SUMMARY = "autolora_console_summary"
+
+
+def key(field):
+    return f"autolora_default_{field.name}"
+
+
+def ui_value(field):
+    """A field's built-in default in UI form (0 for a CFG scale that follows the generation's)."""
+    return 0.0 if field.follows_cfg and field.default is None else field.default
+
+
+def defaults(opts):
+    """Field name -> default from the settings; the parameters type reads 0 CFG as "follow"."""
+    return {field.name: opts.data.get(key(field), ui_value(field)) for field in FIELDS[1:]}
+
+
+def console_summary(opts):
+    return opts.data.get(CONSOLE_SUMMARY, True)
+
+
+def add_settings(shared, gr):
+    for field in FIELDS[1:]:
+        if field.kind == "number":
+            component, args = gr.Slider, {"minimum": field.minimum, "maximum": field.maximum, "step": field.step}
+        elif field.kind == "choice":
+            component, args = gr.Radio, {"choices": list(field.choices)}
+        else:
+            component, args = gr.Checkbox, {}
+        info = shared.OptionInfo(ui_value(field), f"Default {field.label}", component, args, section=SECTION)
+        shared.opts.add_option(key(field), info.info(field.hint))
+    shared.opts.add_option(CONSOLE_SUMMARY, shared.OptionInfo(
+        True, "Print one line per generation saying what AutoLoRA did", section=SECTION))

@@ -1,0 +1,50 @@
+"""The AutoLoRA accordion, built from the parameters' fields (labels, ranges, hints), with the
+settings' defaults; shared by both hosts (gradio 3 on A1111, gradio 4 on Forge)."""
+import gradio as gr
+
+from lib_autolora import settings
+from lib_autolora.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams
+
+from modules.ui_components import InputAccordion
+
+
+def _component(field, value, elem_id):
+    if field.kind == "number":
+        return gr.Slider(label=field.label, info=field.hint, minimum=field.minimum, maximum=field.maximum,
+                         step=field.step, value=value, elem_id=elem_id)
+    if field.kind == "choice":
+        return gr.Radio(label=field.label, info=field.hint, choices=list(field.choices), value=value, elem_id=elem_id)
+    return gr.Checkbox(label=field.label, info=field.hint, value=value, elem_id=elem_id)
+
+
+def build(tab, opts):
+    """The components, in the order of FIELDS (the script's positional arguments)."""
+    defaults = settings.defaults(opts)
+    made = {}
+
+    def add(name):
+        made[name] = _component(FIELDS_BY_NAME[name], defaults[name], f"autolora_{tab}_{name}")
+
+    with InputAccordion(False, label="AutoLoRA", elem_id=f"autolora_{tab}_enabled") as enabled:
+        made["enabled"] = enabled
+        gr.Markdown(FIELDS_BY_NAME["enabled"].hint)
+        add("gamma")
+        for row in (("base_cfg", "lora_cfg"), ("start", "end")):
+            with gr.Row():
+                for name in row:
+                    add(name)
+        add("base_text_encoder")
+        with gr.Accordion("Hires. fix", open=False, elem_id=f"autolora_{tab}_hires_section"):
+            add("hires")
+            with gr.Row():
+                for name in ("hires_gamma", "hires_base_cfg", "hires_lora_cfg"):
+                    add(name)
+    return [made[field.name] for field in FIELDS]
+
+
+def infotext_fields(components):
+    """(component, reader) pairs: a pasted infotext sets every control; text without AutoLoRA keys
+    gives the built-in defaults, so it leaves AutoLoRA disabled."""
+    def reader(index):
+        return lambda entries: AutoLoraParams.from_infotext(entries).to_args()[index]
+    return [(component, reader(index)) for index, component in enumerate(components)]
