@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Make tiny, deterministic fixtures for testing sd-webui-autolora in a real
-AUTOMATIC1111 WebUI (v1.10.x) on a CPU.
+"""Make small, deterministic fixtures for testing sd-webui-autolora in a real
+WebUI on a CPU: AUTOMATIC1111 (v1.10.x) or Stable Diffusion WebUI Forge.
 
-    python tests/make_fixtures.py OUT_DIR [--hf-home DIR] [--clip-bpe FILE]
+    python tests/make_fixtures.py OUT_DIR [--host a1111] [--hf-home DIR] [--clip-bpe FILE]
+    python tests/make_fixtures.py OUT_DIR --host forge
 
-writes into OUT_DIR (nothing here is meant to be committed):
+--host a1111 (the default) writes into OUT_DIR (nothing here is meant to be committed):
 
   Stable-diffusion/autolora-tiny-sd1.safetensors   SD1-architecture checkpoint, random weights
   Stable-diffusion/autolora-tiny-sd1.yaml          its model config (A1111 reads NAME.yaml
@@ -25,10 +26,22 @@ The topology is SD1's (channel_mult [1,2,4,4], 2 res blocks, attention at ds 1/2
 12 CLIP layers) but very narrow, so kohya key names map exactly as for a real SD1
 model while a sampling step takes ~0.1 s on a CPU.
 
+--host forge writes Stable-diffusion/autolora-sd15-forge.safetensors and the same
+three Lora/ files (same names and kinds, shaped for this checkpoint); start Forge with
+the same --ckpt-dir / --lora-dir. Forge ignores yaml files and guesses the model
+from the state dict: SD1.5 needs model_channels 320 and context_dim 768, takes the
+levels, res blocks and transformer depth from the keys, and builds the text encoder
+(CLIP-L, 12 layers x 768) and the VAE from its bundled SD1.5 configs, so those two
+are full size. Only the UNet shrinks: one level (channel_mult [1]), one res block,
+attention there and in the middle block. About 232M parameters (UNet 26M, VAE 84M,
+CLIP 123M), stored as float16: 465 MB; a 64x64, 8-step image takes ~1 s on 2 CPUs.
+Forge brings its own tokenizer, so no hf_home is written.
+
 Only torch and numpy are used (the files are in the safetensors format, written
-here directly); the tokenizer vocabulary is built from the
+here directly); the A1111 tokenizer vocabulary is built from the
 `bpe_simple_vocab_16e6.txt.gz` file that the open-clip-torch package bundles.
-Output is byte-identical from run to run.
+Output is byte-identical from run to run (the LoRA files differ in the last bits
+between NumPy 1.x and 2.x, whose float promotion rules differ).
 """
 from __future__ import annotations
 
@@ -39,6 +52,7 @@ import importlib.util
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +78,38 @@ CLIP_HEADS = 4
 CLIP_VOCAB = 49408
 CLIP_MAX_POS = 77
 
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What fixes an SD1-family checkpoint's parameter names and shapes."""
+    unet_ch: int                  # model_channels
+    context_dim: int              # CLIP hidden size = UNet cross-attention context
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_res: tuple[int, ...]  # downsample factors that get a SpatialTransformer
+    vae_ch: int
+    vae_mult: tuple[int, ...]
+    vae_res_blocks: int
+    clip_layers: int
+    z_ch: int = Z_CH
+    clip_vocab: int = CLIP_VOCAB
+    clip_max_pos: int = CLIP_MAX_POS
+
+    def has_attention(self, level):
+        return 2 ** level in self.attention_res
+
+
+# A1111 builds the model from the yaml written beside the checkpoint, so any widths work.
+TINY_SD1 = Arch(UNET_CH, CONTEXT_DIM, CH_MULT, NUM_RES_BLOCKS, ATTENTION_RES,
+                VAE_CH, VAE_MULT, VAE_RES_BLOCKS, CLIP_LAYERS)
+# Forge guesses the model from the state dict: SD1.5 needs model_channels 320 and
+# context_dim 768, takes levels / res blocks / transformer depth from the keys, and
+# builds CLIP-L and the VAE from its bundled SD1.5 configs, so those are full size.
+FORGE_SD15 = Arch(unet_ch=320, context_dim=768, ch_mult=(1,), num_res_blocks=1, attention_res=(1,),
+                  vae_ch=128, vae_mult=(1, 2, 4, 4), vae_res_blocks=2, clip_layers=12)
+FORGE_CKPT_NAME = "autolora-sd15-forge"
+
 CLIP_REPO_DIR = "models--openai--clip-vit-large-patch14"
 # Any fixed 40-hex "commit" works for an offline cache snapshot.
 CLIP_SNAPSHOT = hashlib.sha1(b"autolora-tiny-clip").hexdigest()
@@ -73,7 +119,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata=None):
     """Write a .safetensors file. safetensors' own save_file keeps the metadata
     in a Rust HashMap whose order changes per run; writing the (simple) format
     here with a fixed key order keeps the fixtures byte-identical."""
-    dtypes = {torch.float32: "F32", torch.int64: "I64"}
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64"}
     header = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
     blobs, offset = [], 0
     for name in sorted(tensors):
@@ -137,7 +183,8 @@ def _std(shape, init):
     }[init]
 
 
-def materialize(spec: ParamSpec, seed: int) -> dict[str, torch.Tensor]:
+def materialize(spec: ParamSpec, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Draw the values (in float32, whatever `dtype` they are stored as)."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, (shape, init) in spec.entries.items():
@@ -152,7 +199,7 @@ def materialize(spec: ParamSpec, seed: int) -> dict[str, torch.Tensor]:
                 # prompt embedding has mean ~0 and A1111's emphasis rescale (divide by
                 # the mean) turns the conditioning into NaN.
                 arr += np.float32(0.5)
-        out[name] = torch.from_numpy(arr)
+        out[name] = torch.from_numpy(arr).to(dtype)
     return out
 
 
@@ -166,12 +213,12 @@ def _unet_resblock(s, p, c_in, c_out, temb):
         s.conv(f"{p}.skip_connection", c_out, c_in, 1)
 
 
-def _unet_transformer(s, p, c):
+def _unet_transformer(s, p, c, context_dim):
     # SD1 SpatialTransformer: 1x1-conv proj_in/proj_out, one BasicTransformerBlock.
     s.norm(f"{p}.norm", c)
     s.conv(f"{p}.proj_in", c, c, 1)
     b = f"{p}.transformer_blocks.0"
-    for attn, ctx in (("attn1", c), ("attn2", CONTEXT_DIM)):
+    for attn, ctx in (("attn1", c), ("attn2", context_dim)):
         s.linear(f"{b}.{attn}.to_q", c, c, bias=False)
         # Cross-attention keys get a larger scale: sharper attention over the 77
         # prompt tokens, so that changing one word changes the image.
@@ -185,39 +232,39 @@ def _unet_transformer(s, p, c):
     s.conv(f"{p}.proj_out", c, c, 1, init="resid")
 
 
-def unet_spec(s, p="model.diffusion_model"):
+def unet_spec(s, arch=TINY_SD1, p="model.diffusion_model"):
     """ldm UNetModel (use_spatial_transformer, legacy=False) parameter names."""
-    temb = UNET_CH * 4
-    s.linear(f"{p}.time_embed.0", temb, UNET_CH)
+    base, ctx = arch.unet_ch, arch.context_dim
+    temb = base * 4
+    s.linear(f"{p}.time_embed.0", temb, base)
     s.linear(f"{p}.time_embed.2", temb, temb)
-    s.conv(f"{p}.input_blocks.0.0", UNET_CH, 4, 3)
-    ch, ds, idx, skips = UNET_CH, 1, 1, [UNET_CH]
-    for level, mult in enumerate(CH_MULT):
-        for _ in range(NUM_RES_BLOCKS):
-            _unet_resblock(s, f"{p}.input_blocks.{idx}.0", ch, UNET_CH * mult, temb)
-            ch = UNET_CH * mult
-            if ds in ATTENTION_RES:
-                _unet_transformer(s, f"{p}.input_blocks.{idx}.1", ch)
+    s.conv(f"{p}.input_blocks.0.0", base, 4, 3)
+    ch, idx, skips = base, 1, [base]
+    for level, mult in enumerate(arch.ch_mult):
+        for _ in range(arch.num_res_blocks):
+            _unet_resblock(s, f"{p}.input_blocks.{idx}.0", ch, base * mult, temb)
+            ch = base * mult
+            if arch.has_attention(level):
+                _unet_transformer(s, f"{p}.input_blocks.{idx}.1", ch, ctx)
             skips.append(ch)
             idx += 1
-        if level != len(CH_MULT) - 1:
+        if level != len(arch.ch_mult) - 1:
             s.conv(f"{p}.input_blocks.{idx}.0.op", ch, ch, 3)   # Downsample
             skips.append(ch)
-            idx, ds = idx + 1, ds * 2
+            idx += 1
     _unet_resblock(s, f"{p}.middle_block.0", ch, ch, temb)
-    _unet_transformer(s, f"{p}.middle_block.1", ch)
+    _unet_transformer(s, f"{p}.middle_block.1", ch, ctx)
     _unet_resblock(s, f"{p}.middle_block.2", ch, ch, temb)
     idx = 0
-    for level, mult in reversed(list(enumerate(CH_MULT))):
-        for r in range(NUM_RES_BLOCKS + 1):
-            _unet_resblock(s, f"{p}.output_blocks.{idx}.0", ch + skips.pop(), UNET_CH * mult, temb)
-            ch, sub = UNET_CH * mult, 1
-            if ds in ATTENTION_RES:
-                _unet_transformer(s, f"{p}.output_blocks.{idx}.1", ch)
+    for level, mult in reversed(list(enumerate(arch.ch_mult))):
+        for r in range(arch.num_res_blocks + 1):
+            _unet_resblock(s, f"{p}.output_blocks.{idx}.0", ch + skips.pop(), base * mult, temb)
+            ch, sub = base * mult, 1
+            if arch.has_attention(level):
+                _unet_transformer(s, f"{p}.output_blocks.{idx}.1", ch, ctx)
                 sub = 2
-            if level and r == NUM_RES_BLOCKS:
+            if level and r == arch.num_res_blocks:
                 s.conv(f"{p}.output_blocks.{idx}.{sub}.conv", ch, ch, 3)   # Upsample
-                ds //= 2
             idx += 1
     s.norm(f"{p}.out.0", ch)
     # ldm zero-inits this too; a full-size init gives eps ~ unit scale.
@@ -242,27 +289,28 @@ def _vae_mid(s, p, c):
     _vae_resblock(s, f"{p}.block_2", c, c)
 
 
-def vae_spec(s, p="first_stage_model"):
+def vae_spec(s, arch=TINY_SD1, p="first_stage_model"):
     """ldm AutoencoderKL (no attention in the down/up levels) parameter names."""
-    chs = [VAE_CH * m for m in VAE_MULT]
+    chs = [arch.vae_ch * m for m in arch.vae_mult]
+    z = arch.z_ch
     e, ch = f"{p}.encoder", chs[0]
     s.conv(f"{e}.conv_in", ch, 3, 3)
     for i, c_out in enumerate(chs):
-        for j in range(VAE_RES_BLOCKS):
+        for j in range(arch.vae_res_blocks):
             _vae_resblock(s, f"{e}.down.{i}.block.{j}", ch, c_out)
             ch = c_out
         if i != len(chs) - 1:
             s.conv(f"{e}.down.{i}.downsample.conv", ch, ch, 3)
     _vae_mid(s, f"{e}.mid", ch)
     s.norm(f"{e}.norm_out", ch)
-    s.conv(f"{e}.conv_out", 2 * Z_CH, ch, 3)
-    s.conv(f"{p}.quant_conv", 2 * Z_CH, 2 * Z_CH, 1)
-    s.conv(f"{p}.post_quant_conv", Z_CH, Z_CH, 1)
+    s.conv(f"{e}.conv_out", 2 * z, ch, 3)
+    s.conv(f"{p}.quant_conv", 2 * z, 2 * z, 1)
+    s.conv(f"{p}.post_quant_conv", z, z, 1)
     d, ch = f"{p}.decoder", chs[-1]
-    s.conv(f"{d}.conv_in", ch, Z_CH, 3)
+    s.conv(f"{d}.conv_in", ch, z, 3)
     _vae_mid(s, f"{d}.mid", ch)
     for i in reversed(range(len(chs))):
-        for j in range(VAE_RES_BLOCKS + 1):
+        for j in range(arch.vae_res_blocks + 1):
             _vae_resblock(s, f"{d}.up.{i}.block.{j}", ch, chs[i])
             ch = chs[i]
         if i != 0:
@@ -271,12 +319,12 @@ def vae_spec(s, p="first_stage_model"):
     s.conv(f"{d}.conv_out", 3, ch, 3, init="image")
 
 
-def clip_spec(s, p="cond_stage_model.transformer.text_model"):
+def clip_spec(s, arch=TINY_SD1, p="cond_stage_model.transformer.text_model"):
     """Hugging Face CLIPTextModel parameter names (as in SD1 checkpoints)."""
-    h = CONTEXT_DIM
-    s.add(f"{p}.embeddings.token_embedding.weight", (CLIP_VOCAB, h), "embed")
-    s.add(f"{p}.embeddings.position_embedding.weight", (CLIP_MAX_POS, h), "embed")
-    for i in range(CLIP_LAYERS):
+    h = arch.context_dim
+    s.add(f"{p}.embeddings.token_embedding.weight", (arch.clip_vocab, h), "embed")
+    s.add(f"{p}.embeddings.position_embedding.weight", (arch.clip_max_pos, h), "embed")
+    for i in range(arch.clip_layers):
         l = f"{p}.encoder.layers.{i}"
         for n in ("q", "k", "v"):
             s.linear(f"{l}.self_attn.{n}_proj", h, h)
@@ -288,15 +336,28 @@ def clip_spec(s, p="cond_stage_model.transformer.text_model"):
     s.norm(f"{p}.final_layer_norm", h, bias_init="final_ln_bias")
 
 
-def checkpoint_state_dict(seed=SEED) -> dict[str, torch.Tensor]:
+POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+
+
+def checkpoint_spec(arch=TINY_SD1) -> ParamSpec:
     s = ParamSpec()
-    unet_spec(s)
-    vae_spec(s)
-    clip_spec(s)
-    sd = materialize(s, seed)
+    unet_spec(s, arch)
+    vae_spec(s, arch)
+    clip_spec(s, arch)
+    return s
+
+
+def checkpoint_shapes(arch=TINY_SD1) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every checkpoint tensor, without making the tensors."""
+    shapes = {name: shape for name, (shape, _) in checkpoint_spec(arch).entries.items()}
+    shapes[POSITION_IDS] = (1, arch.clip_max_pos)
+    return shapes
+
+
+def checkpoint_state_dict(seed=SEED, arch=TINY_SD1, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    sd = materialize(checkpoint_spec(arch), seed, dtype)
     # Present in SD1 checkpoints (a persistent buffer in transformers 4.30).
-    sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = \
-        torch.arange(CLIP_MAX_POS, dtype=torch.int64)[None]
+    sd[POSITION_IDS] = torch.arange(arch.clip_max_pos, dtype=torch.int64)[None]
     return sd
 
 
@@ -461,32 +522,33 @@ ATTN_SUFFIXES = {   # kohya suffix -> ldm sub-module inside a SpatialTransformer
 RESNET_SUFFIXES = {"conv1": "in_layers.2", "conv2": "out_layers.3"}
 
 
-def unet_blocks():
-    """(kohya block prefix, ldm module prefix, kind) for SD1's UNet.
-    diffusers numbers blocks per level; ldm numbers them in one flat list."""
-    out = []
-    for lvl in range(4):
-        for j in range(NUM_RES_BLOCKS):
-            ldm = f"diffusion_model.input_blocks.{1 + 3 * lvl + j}"
+def unet_blocks(arch=TINY_SD1):
+    """(kohya block prefix, ldm module prefix, kind) for an SD1-family UNet.
+    diffusers numbers blocks per level; ldm numbers them in one flat list
+    (each down level adds a downsampler, each up level an extra res block)."""
+    out, levels, per_level = [], len(arch.ch_mult), arch.num_res_blocks + 1
+    for lvl in range(levels):
+        for j in range(arch.num_res_blocks):
+            ldm = f"diffusion_model.input_blocks.{1 + per_level * lvl + j}"
             out.append((f"down_blocks_{lvl}_resnets_{j}", f"{ldm}.0", "resnet"))
-            if lvl < 3:
+            if arch.has_attention(lvl):
                 out.append((f"down_blocks_{lvl}_attentions_{j}", f"{ldm}.1", "attn"))
     out.append(("mid_block_resnets_0", "diffusion_model.middle_block.0", "resnet"))
     out.append(("mid_block_attentions_0", "diffusion_model.middle_block.1", "attn"))
     out.append(("mid_block_resnets_1", "diffusion_model.middle_block.2", "resnet"))
-    for lvl in range(4):   # diffusers up_blocks_0 is the deepest level
-        for j in range(NUM_RES_BLOCKS + 1):
-            ldm = f"diffusion_model.output_blocks.{3 * lvl + j}"
-            out.append((f"up_blocks_{lvl}_resnets_{j}", f"{ldm}.0", "resnet"))
-            if lvl > 0:
-                out.append((f"up_blocks_{lvl}_attentions_{j}", f"{ldm}.1", "attn"))
+    for up in range(levels):   # diffusers up_blocks_0 is the deepest level
+        for j in range(per_level):
+            ldm = f"diffusion_model.output_blocks.{per_level * up + j}"
+            out.append((f"up_blocks_{up}_resnets_{j}", f"{ldm}.0", "resnet"))
+            if arch.has_attention(levels - 1 - up):
+                out.append((f"up_blocks_{up}_attentions_{j}", f"{ldm}.1", "attn"))
     return out
 
 
-def lora_targets(shapes, attn=True, conv_blocks=(), text_encoder=False, attn_filter=None):
+def lora_targets(shapes, attn=True, conv_blocks=(), text_encoder=False, attn_filter=None, arch=TINY_SD1):
     """[(kohya module name, weight shape)]; shapes maps checkpoint names to shapes."""
     targets = []
-    for kohya, ldm, kind in unet_blocks():
+    for kohya, ldm, kind in unet_blocks(arch):
         if kind == "attn" and attn and (attn_filter is None or attn_filter(kohya)):
             for ks, ls in ATTN_SUFFIXES.items():
                 targets.append((f"lora_unet_{kohya}_{ks}", shapes[f"model.{ldm}.{ls}.weight"]))
@@ -495,7 +557,7 @@ def lora_targets(shapes, attn=True, conv_blocks=(), text_encoder=False, attn_fil
                 targets.append((f"lora_unet_{kohya}_{ks}", shapes[f"model.{ldm}.{ls}.weight"]))
     if text_encoder:
         te = "cond_stage_model.transformer.text_model.encoder.layers"
-        for i in range(CLIP_LAYERS):
+        for i in range(arch.clip_layers):
             for ks, ls in (("self_attn_q_proj", "self_attn.q_proj"), ("self_attn_k_proj", "self_attn.k_proj"),
                            ("self_attn_v_proj", "self_attn.v_proj"), ("self_attn_out_proj", "self_attn.out_proj"),
                            ("mlp_fc1", "mlp.fc1"), ("mlp_fc2", "mlp.fc2")):
@@ -533,34 +595,37 @@ def loha_tensors(targets, rng, rank=4, alpha=4.0, strength=1.0):
     return sd
 
 
-def _kohya_metadata(name, module, dim, alpha, extra=None):
+def _kohya_metadata(name, module, dim, alpha, extra=None, ckpt_name=CKPT_NAME):
     meta = {
         "ss_output_name": name, "ss_network_module": module,
         "ss_network_dim": str(dim), "ss_network_alpha": str(alpha),
-        "ss_base_model_version": "sd_v1", "ss_sd_model_name": f"{CKPT_NAME}.safetensors",
+        "ss_base_model_version": "sd_v1", "ss_sd_model_name": f"{ckpt_name}.safetensors",
     }
     meta.update(extra or {})
     return meta
 
 
-def write_loras(lora_dir, shapes, seed=SEED) -> list[Path]:
+def write_loras(lora_dir, shapes, seed=SEED, arch=TINY_SD1, ckpt_name=CKPT_NAME) -> list[Path]:
+    """The three LoRA fixtures for the checkpoint with these shapes (from `arch`)."""
     lora_dir = Path(lora_dir)
     lora_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
-    # 1. LoRA on UNet attention/ff/proj, some resnet convs, and the text encoder.
-    lora = lora_tensors(lora_targets(shapes, conv_blocks=("down_blocks_0", "mid_block", "up_blocks_3"),
-                                     text_encoder=True), rng)
+    # 1. LoRA on UNet attention/ff/proj, the resnet convs of the outermost levels and the
+    #    middle, and the text encoder.
+    outer = ("down_blocks_0", "mid_block", f"up_blocks_{len(arch.ch_mult) - 1}")
+    lora = lora_tensors(lora_targets(shapes, conv_blocks=outer, text_encoder=True, arch=arch), rng)
     tags = json.dumps({"10_autolora": {"autolora_trigger": 10, "cat": 4}})
-    meta = [_kohya_metadata("autolora_test_lora", "networks.lora", 4, 2.0, {"ss_tag_frequency": tags})]
+    meta = [_kohya_metadata("autolora_test_lora", "networks.lora", 4, 2.0, {"ss_tag_frequency": tags},
+                            ckpt_name)]
     # 2. LoHa on the linear layers of the UNet transformers.
-    loha_targets = [(n, s) for n, s in lora_targets(shapes) if len(s) == 2]
+    loha_targets = [(n, s) for n, s in lora_targets(shapes, arch=arch) if len(s) == 2]
     loha = loha_tensors(loha_targets, rng)
     meta.append(_kohya_metadata("autolora_test_loha", "lycoris.kohya", 4, 4.0,
-                                {"ss_network_args": json.dumps({"algo": "loha"})}))
+                                {"ss_network_args": json.dumps({"algo": "loha"})}, ckpt_name))
     # 3. UNet-only LoRA (attention blocks of the down and mid levels).
-    unet = lora_tensors(lora_targets(shapes, attn_filter=lambda k: not k.startswith("up_")), rng)
+    unet = lora_tensors(lora_targets(shapes, attn_filter=lambda k: not k.startswith("up_"), arch=arch), rng)
     meta.append(_kohya_metadata("autolora_test_unet_only", "networks.lora", 4, 2.0,
-                                {"ss_network_train_unet_only": "True"}))
+                                {"ss_network_train_unet_only": "True"}, ckpt_name))
     paths = []
     for name, sd, md in zip(LORA_FILES, (lora, loha, unet), meta):
         path = lora_dir / f"{name}.safetensors"
@@ -593,14 +658,35 @@ def make_a1111_fixtures(out_dir, hf_home=None, bpe_path=None, seed=SEED) -> dict
     return paths
 
 
+def make_forge_fixtures(out_dir, seed=SEED) -> dict[str, Path]:
+    """Write the Forge checkpoint (float16) and its LoRAs (float32, as the A1111
+    ones); return their paths by role. Forge brings its own CLIP tokenizer."""
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_dir / f"{FORGE_CKPT_NAME}.safetensors"
+    save_safetensors(checkpoint_state_dict(seed, FORGE_SD15, torch.float16), ckpt, {"format": "pt"})
+    loras = write_loras(out_dir / "Lora", checkpoint_shapes(FORGE_SD15), seed, FORGE_SD15, FORGE_CKPT_NAME)
+    paths = {"ckpt_dir": ckpt_dir, "checkpoint": ckpt, "lora_dir": out_dir / "Lora"}
+    paths.update({name: p for name, p in zip(LORA_FILES, loras)})
+    return paths
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
-    ap.add_argument("--hf-home", help="HF cache root to write the CLIP files to (default OUT_DIR/hf_home)")
-    ap.add_argument("--clip-bpe", help="path to bpe_simple_vocab_16e6.txt.gz (default: from open_clip)")
+    ap.add_argument("--host", choices=("a1111", "forge"), default="a1111",
+                    help="which WebUI the fixtures are for (default a1111)")
+    ap.add_argument("--hf-home", help="a1111: HF cache root to write the CLIP files to (default OUT_DIR/hf_home)")
+    ap.add_argument("--clip-bpe", help="a1111: path to bpe_simple_vocab_16e6.txt.gz (default: from open_clip)")
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
-    paths = make_a1111_fixtures(args.out_dir, args.hf_home, args.clip_bpe, args.seed)
+    if args.host == "forge":
+        if args.hf_home or args.clip_bpe:
+            ap.error("--hf-home and --clip-bpe are for --host a1111 (Forge brings its own tokenizer)")
+        paths = make_forge_fixtures(args.out_dir, args.seed)
+    else:
+        paths = make_a1111_fixtures(args.out_dir, args.hf_home, args.clip_bpe, args.seed)
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0
