@@ -1,18 +1,12 @@
-"""A small client for a running WebUI's HTTP API (A1111 or Forge), standard library only."""
+"""A small client for a running WebUI's HTTP API (A1111 or Forge), for the live tests."""
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 from PIL import Image
 
-
-class ApiError(Exception):
-    def __init__(self, status, body):
-        super().__init__(f"HTTP {status}: {body}")
-        self.status, self.body = status, body
+from lib_autolora.sweep import HttpError as ApiError, http_json
 
 
 class WebUI:
@@ -20,13 +14,7 @@ class WebUI:
         self.url, self.timeout = url.rstrip("/"), timeout
 
     def call(self, path, payload=None):
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            raise ApiError(error.code, error.read().decode(errors="replace")) from None
+        return http_json(self.url + path, payload, self.timeout)
 
     def txt2img(self, payload):
         return Result(self.call("/sdapi/v1/txt2img", payload))

@@ -1,0 +1,455 @@
+"""Sweep AutoLoRA settings on a running WebUI and measure them as the paper does (Table 1).
+
+    python -m lib_autolora.sweep --url http://127.0.0.1:7860 --prompt "Anna" --lora disney_princess \\
+        --gammas 1,1.5,2 --lora-weights 0.4,0.8 --seeds 1-16 [--w1 5] [--w2 5] [--cfg 5] --out DIR \\
+        [--vlm-url http://127.0.0.1:8000/v1 --vlm-model llama-3.2-11b-vision-instruct --vlm-prompt cps]
+
+One grid cell per (LoRA weight, gamma, w1, w2); one image per seed in each cell, generated through
+`/sdapi/v1/txt2img` with the prompt plus `<lora:NAME:WEIGHT>` and AutoLoRA's args. gamma 1 is plain
+LoRA generation with CFG (the extension runs no base pass), so include it as the baseline. w1/w2 0
+mean "the CFG scale". Written to DIR:
+
+    images/<cell>/seed<N>.png   the images, one folder per cell
+    images.csv                  one row per image: its settings, the WebUI's infotext, VLM scores
+    cells.csv                   one row per cell: diversity (Eq. 8), mean scores, Div-X
+    table.png                   diversity, scores and Div-X against the first swept setting
+                                (needs matplotlib; the numbers are in cells.csv either way)
+
+Diversity uses `lib_autolora.metrics` (DINOv2 when available locally, else pixel features, with a
+note). With `--vlm-url` every image is scored by a vision-language model behind an OpenAI-compatible
+chat-completions endpoint, using the paper's Appendix A prompts: `cps` (A.1, character presence,
+0-5; `--character`/`--work` name the character) or `pc-sa` (A.2, prompt correspondence and style
+adherence, 0-5; `--style` names the style). Set AUTOLORA_VLM_API_KEY if the endpoint wants a key.
+"""
+import argparse
+import base64
+import csv
+import io
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from lib_autolora import metrics
+from lib_autolora.params import AutoLoraParams, AutoLoraParamError
+
+# ---------------------------------------------------------------------------- Appendix A prompts
+
+# A.1, with the character and the film made parameters (the paper's last item says "from Frozen").
+CPS_PROMPT = """Evaluate the presence of {character} from {work} in the image. Output a score between 0 and 5, where:
+* 0: {character} is not present in the image.
+* 1: The image contains a character with a vague resemblance to {character}, but it’s not clear if it’s her. (e.g., a character with a similar hairstyle or dress color)
+* 2: The image contains a character that shares some similarities with {character}, but it’s not a clear match. (e.g., a character with a similar face shape or clothing style)
+* 3: The image contains a character that is similar to {character}, but with some noticeable differences. (e.g., a character with a similar dress and hairstyle, but different facial features)
+* 4: The image contains a character that is very likely to be {character}, but with some minor differences. (e.g., a character with a similar face, dress, and hairstyle, but with a slightly different expression or pose)
+* 5: The image contains a character that is unmistakably {character} from {work}.
+Output the score in following JSON format:
+```
+{{
+  "score": [score between 0 and 5],
+  "reason": [use keywords to describe the reason of the score, e.g., ["dress", "hairstyle", "no {character} character"]]
+}}
+```
+Reply only with a JSON with no extra text"""
+
+# A.2 as printed (its style scale has no 0 item), the generation prompt and the style filled in.
+PC_SA_PROMPT = """Evaluate the given image for the prompt {prompt} and the {style} style
+Access the following metrics:
+Prompt correspondence: How well does the image capture the essence, objects, and scenes described in the prompt? Scale: 0-5, where:
+0: Not at all (the image does not relate to the prompt in any way)
+1: Very poorly (the image vaguely relates to the prompt, but most key elements are missing or incorrect)
+2: Somewhat (the image captures some key elements of the prompt, but others are missing or incorrect)
+3: Fairly well (the image captures most key elements of the prompt, but some details may be off)
+4: Very well (the image accurately captures the essence and most key elements of the prompt)
+5: Exactly (the image perfectly captures the essence, objects, and scenes described in the prompt)
+Style adherence: How well does the image adhere to the specified style? If the style is pixel art, does the image truly resemble pixel art, or is it just a low-quality image? Scale: 0-5, where:
+1: Very poorly (the image attempts to mimic pixel art, but lacks clear pixelation, has excessive aliasing, or uses too many colors)
+2: Somewhat (the image shows some pixel art characteristics, such as pixelation, but lacks consistency in pixel size, color palette, or has noticeable artifacts)
+3: Fairly well (the image generally adheres to pixel art principles, with clear pixelation, a limited color palette, and minimal aliasing, but may have some minor flaws)
+4: Very well (the image strongly adheres to pixel art principles, with crisp pixelation, a well-chosen color palette, and minimal to no aliasing or artifacts)
+5: Perfectly (the image perfectly captures the pixel art style, with precise pixelation, a masterfully chosen color palette, and no noticeable flaws or artifacts)
+Provide the evaluation scores in the following JSON format:
+```
+{{
+"prompt_correspondence": [the prompt correspondence score from 0 to 5],
+"style_adherence": [the style adherence score from 0 to 5],
+}}
+Reply only with a JSON with no extra text
+```"""
+
+# name: (template, {JSON key in the reply: score column})
+VLM_PROMPTS = {
+    "cps": (CPS_PROMPT, {"score": "cps"}),
+    "pc-sa": (PC_SA_PROMPT, {"prompt_correspondence": "pc", "style_adherence": "sa"}),
+}
+SCORE_RANGE = (0.0, 5.0)
+
+
+def vlm_prompt(kind, prompt="", character="Princess Anna", work="Disney’s Frozen movie", style="pixel art"):
+    template, _ = VLM_PROMPTS[kind]
+    return template.format(prompt=prompt, character=character, work=work, style=style)
+
+
+def parse_scores(reply, keys):
+    """{key: float or None} from a VLM reply that should hold a JSON object with those keys. Takes
+    code fences, trailing commas, "4", [4] and prose around the JSON; a missing value or one outside
+    0-5 is None."""
+    found = {}
+    match = re.search(r"\{.*\}", reply or "", re.DOTALL)
+    if match:
+        try:
+            found = json.loads(re.sub(r",\s*([}\]])", r"\1", match.group(0)))
+        except ValueError:
+            found = {}
+    scores = {}
+    for key in keys:
+        value = found.get(key) if isinstance(found, dict) else None
+        if value is None:  # not parsed as JSON: look for "key": 4 / [4] / "4" in the text
+            hit = re.search(rf'"?{re.escape(key)}"?\s*:\s*\[?\s*"?(-?\d+(?:\.\d+)?)', reply or "")
+            value = hit.group(1) if hit else None
+        if isinstance(value, list):
+            value = value[0] if value else None
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = None
+        scores[key] = value if value is not None and SCORE_RANGE[0] <= value <= SCORE_RANGE[1] else None
+    return scores
+
+
+# ------------------------------------------------------------------------------------ HTTP
+
+class HttpError(Exception):
+    def __init__(self, url, status, body):
+        super().__init__(f"{url}: HTTP {status}: {body[:500]}")
+        self.status, self.body = status, body
+
+
+def http_json(url, payload=None, timeout=600, headers=None):
+    """GET (payload None) or POST JSON; the decoded JSON reply."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise HttpError(url, error.code, error.read().decode(errors="replace")) from None
+    except urllib.error.URLError as error:
+        raise HttpError(url, "unreachable", str(error.reason)) from None
+
+
+class VlmScorer:
+    """Scores one image with an OpenAI-compatible chat-completions endpoint."""
+
+    def __init__(self, url, model, kind, timeout=300, **prompt_fields):
+        url = url.rstrip("/")
+        self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+        self.model, self.kind, self.timeout, self.prompt_fields = model, kind, timeout, prompt_fields
+        self.keys = VLM_PROMPTS[kind][1]
+        key = os.environ.get("AUTOLORA_VLM_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request(self, png, prompt):
+        data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+        text = vlm_prompt(self.kind, prompt=prompt, **self.prompt_fields)
+        return {"model": self.model, "temperature": 0, "max_tokens": 300,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                                          {"type": "text", "text": text}]}]}
+
+    def __call__(self, png, prompt):
+        """({score column: value or None}, the reply text)."""
+        response = http_json(self.url, self.request(png, prompt), self.timeout, self.headers)
+        content = response["choices"][0]["message"]["content"]
+        if isinstance(content, list):  # content parts
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        scores = parse_scores(content, list(self.keys))
+        return {column: scores[key] for key, column in self.keys.items()}, content
+
+
+# ------------------------------------------------------------------------------------ grid
+
+def parse_list(text, kind=float):
+    """"1,1.5,2" -> [1.0, 1.5, 2.0]; integers also take ranges: "1-4,9" -> [1, 2, 3, 4, 9]."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if kind is int and re.fullmatch(r"-?\d+-\d+", part):
+            first, last = part.rsplit("-", 1)
+            values.extend(range(int(first), int(last) + 1))
+        elif part:
+            values.append(kind(part))
+    return values
+
+
+def cell_name(lora_weight, gamma, w1, w2):
+    cfg = lambda w: "cfg" if not w else f"{w:g}"  # noqa: E731
+    return f"lw{lora_weight:g}_g{gamma:g}_w1-{cfg(w1)}_w2-{cfg(w2)}"
+
+
+def make_cells(args):
+    """Every (LoRA weight, gamma, w1, w2), validated through AutoLoraParams before any request."""
+    cells = []
+    for lora_weight in args.lora_weights:
+        for gamma in args.gammas:
+            for w1 in args.w1:
+                for w2 in args.w2:
+                    params = AutoLoraParams(enabled=True, gamma=gamma, base_cfg=w1, lora_cfg=w2,
+                                            start=args.start, end=args.end)
+                    cells.append({"cell": cell_name(lora_weight, gamma, w1, w2), "lora_weight": lora_weight,
+                                  "gamma": gamma, "w1": w1, "w2": w2, "params": params})
+    return cells
+
+
+def txt2img_payload(args, cell, seed):
+    payload = {"prompt": f"{args.prompt} <lora:{args.lora}:{cell['lora_weight']:g}>",
+               "negative_prompt": args.negative_prompt, "seed": seed, "steps": args.steps,
+               "cfg_scale": args.cfg, "width": args.width, "height": args.height, "batch_size": 1, "n_iter": 1,
+               "alwayson_scripts": {"autolora": {"args": cell["params"].to_args()}}}
+    if args.sampler:
+        payload["sampler_name"] = args.sampler
+    return payload
+
+
+# -------------------------------------------------------------------------------- progress
+
+class Progress:
+    """A text progress bar on stderr (one line per step when stderr is not a terminal)."""
+
+    def __init__(self, total, stream=None, width=28):
+        self.total, self.done, self.width, self.start = total, 0, width, time.monotonic()
+        self.stream = stream or sys.stderr
+
+    def step(self, label):
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        filled = int(self.width * self.done / self.total)
+        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label} "
+                f"{elapsed:.0f}s elapsed, ~{left:.0f}s left")
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.stream.write(("\r" + line + ("\n" if self.done == self.total else "")) if tty else line + "\n")
+        self.stream.flush()
+
+
+# ------------------------------------------------------------------------------------ sweep
+
+def check_lora(url, name, timeout):
+    names = {lora.get("name") for lora in http_json(url + "/sdapi/v1/loras", timeout=timeout)}
+    if name not in names:
+        raise SystemExit(f"the WebUI at {url} has no LoRA named {name!r}; it has: {', '.join(sorted(names))}")
+
+
+def generate(args, cell, seed):
+    """(PNG bytes, infotext) of one image."""
+    try:
+        response = http_json(args.url + "/sdapi/v1/txt2img", txt2img_payload(args, cell, seed), args.timeout)
+    except HttpError as error:
+        hint = " (is the AutoLoRA extension installed in that WebUI?)" if "autolora" in error.body.lower() else ""
+        raise SystemExit(f"txt2img failed for {cell['cell']} seed {seed}: {error}{hint}") from None
+    png = base64.b64decode(response["images"][0].split(",", 1)[-1])
+    try:
+        infotext = json.loads(response.get("info") or "{}").get("infotexts", [""])[0]
+    except (ValueError, AttributeError, IndexError):
+        infotext = ""
+    return png, infotext
+
+
+def score_columns(scorer):
+    return list(scorer.keys.values()) if scorer else []
+
+
+def run_sweep(args, scorer=None, extractor=None, progress_stream=None):
+    """Generate, score and measure the grid. Returns (image rows, cell rows)."""
+    os.makedirs(args.out, exist_ok=True)
+    cells = make_cells(args)
+    name, extract = extractor or metrics.feature_extractor(args.features, args.dinov2_model,
+                                                           note=lambda text: print(text, file=sys.stderr))
+    progress = Progress(len(cells) * len(args.seeds), progress_stream)
+    image_rows, cell_rows = [], []
+    for cell in cells:
+        folder = os.path.join(args.out, "images", cell["cell"])
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        for seed in args.seeds:
+            png, infotext = generate(args, cell, seed)
+            path = os.path.join(folder, f"seed{seed}.png")
+            with open(path, "wb") as handle:
+                handle.write(png)
+            row = {"file": os.path.relpath(path, args.out), "cell": cell["cell"], "prompt": args.prompt,
+                   "lora": args.lora, "lora_weight": cell["lora_weight"], "gamma": cell["gamma"],
+                   "w1": cell["w1"] or "", "w2": cell["w2"] or "", "cfg_scale": args.cfg, "steps": args.steps,
+                   "seed": seed, "width": args.width, "height": args.height, "sampler": args.sampler or "",
+                   "infotext": infotext}
+            if scorer:
+                scores, reply = scorer(png, args.prompt)
+                row.update(scores)
+                row["vlm_reply"] = reply
+            rows.append(row)
+            progress.step(f"{cell['cell']} seed {seed}")
+        cell_rows.append(measure_cell(cell, rows, args.out, name, extract, score_columns(scorer)))
+        image_rows.extend(rows)
+    return image_rows, cell_rows
+
+
+def measure_cell(cell, rows, out, feature_name, extract, columns):
+    images = metrics.load_images([os.path.join(out, row["file"]) for row in rows])
+    value = metrics.diversity(extract(images)) if len(images) > 1 else float("nan")
+    result = {"cell": cell["cell"], "lora_weight": cell["lora_weight"], "gamma": cell["gamma"],
+              "w1": cell["w1"] or "", "w2": cell["w2"] or "", "images": len(rows), "features": feature_name,
+              "diversity": value}
+    for column in columns:
+        scores = [row[column] for row in rows if row.get(column) is not None]
+        result[column] = float(np.mean(scores)) if scores else float("nan")
+        result[f"scored_{column}"] = len(scores)
+        result[f"div_{column}"] = metrics.div_x(value, scores) if scores else float("nan")
+    return result
+
+
+def write_csv(path, rows):
+    columns = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else f"{v:.4f}" if isinstance(v, float) and k not in
+                                 ("lora_weight", "gamma", "w1", "w2", "cfg_scale") else v) for k, v in row.items()})
+
+
+# ------------------------------------------------------------------------------------ tables
+
+def series_label(cell):
+    cfg = lambda w: "CFG" if not w else f"{w:g}"  # noqa: E731
+    method = "LoRA+CFG" if cell["gamma"] == 1 else f"AutoLoRA g{cell['gamma']:g}"
+    return f"{method} w1 {cfg(cell['w1'])} w2 {cfg(cell['w2'])}" if cell["gamma"] != 1 else method
+
+
+def x_axis(cells):
+    """The first of LoRA weight, gamma, w2, w1 that the sweep varies."""
+    for key in ("lora_weight", "gamma", "w2", "w1"):
+        if len({c[key] for c in cells}) > 1:
+            return key
+    return "lora_weight"
+
+
+def text_table(cells, columns):
+    """Table 1 of the paper as text: a row per cell."""
+    head = ["LoRA weight", "method", "diversity"]
+    for column in columns:
+        head += [column.upper(), f"Div-{column.upper()}"]
+    lines = ["  ".join(f"{h:>12}" if i != 1 else f"{h:<28}" for i, h in enumerate(head))]
+    for c in cells:
+        values = [f"{c['lora_weight']:>12g}", f"{series_label(c):<28}", f"{c['diversity']:>12.3f}"]
+        for column in columns:
+            values += [f"{c[column]:>12.3f}", f"{c['div_' + column]:>12.3f}"]
+        lines.append("  ".join(values))
+    return "\n".join(lines)
+
+
+def plot_table(cells, columns, path):
+    """diversity, each score and each Div-X against the first swept setting; a message either way."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no table.png (pip install matplotlib); the numbers are in cells.csv"
+    key = x_axis(cells)
+    panels = ["diversity"] + [m for column in columns for m in (column, "div_" + column)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    series = {}
+    for c in cells:
+        label = series_label(c) if key != "gamma" else f"w1 {c['w1'] or 'CFG'} w2 {c['w2'] or 'CFG'}"
+        if key != "lora_weight":
+            label += f", LoRA weight {c['lora_weight']:g}"
+        series.setdefault(label, []).append(c)
+    for axis, panel in zip(axes[0], panels):
+        for label, members in series.items():
+            members = sorted(members, key=lambda c: float(c[key] or 0))
+            axis.plot([float(c[key] or 0) for c in members], [c[panel] for c in members], marker="o", label=label)
+        axis.set_xlabel({"lora_weight": "LoRA weight", "w1": "w1 (base CFG)", "w2": "w2 (LoRA CFG)"}.get(key, key))
+        axis.set_title(panel.replace("div_", "Div-").upper() if panel != "diversity" else "Diversity (Eq. 8)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return f"wrote {path}"
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lib_autolora.sweep", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (started with --api)")
+    parser.add_argument("--prompt", required=True, help="the prompt, without the LoRA tag")
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--lora", required=True, help="the LoRA's name as in <lora:NAME:weight>")
+    parser.add_argument("--lora-weights", type=parse_list, default=[0.8], help="comma-separated (default 0.8)")
+    parser.add_argument("--gammas", type=parse_list, default=[1.0, 1.5], help="comma-separated (default 1,1.5; 1 = plain LoRA)")
+    parser.add_argument("--w1", type=parse_list, default=[0.0], help="base CFG values (default 0 = the CFG scale)")
+    parser.add_argument("--w2", type=parse_list, default=[0.0], help="LoRA CFG values (default 0 = the CFG scale)")
+    parser.add_argument("--start", type=float, default=0.0)
+    parser.add_argument("--end", type=float, default=1.0)
+    parser.add_argument("--seeds", type=lambda text: parse_list(text, int), default=list(range(1, 9)),
+                        help="images per cell, e.g. 1,2,3 or 1-16 (default 1-8)")
+    parser.add_argument("--cfg", type=float, default=7.0, help="the generation's CFG scale (default 7)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--sampler", default=None, help="sampler name (default: the WebUI's)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--features", choices=("dinov2", "pixels"), default="dinov2",
+                        help="diversity features (default dinov2, falling back to pixels with a note)")
+    parser.add_argument("--dinov2-model", default=metrics.DEFAULT_DINOV2)
+    parser.add_argument("--vlm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--vlm-model", help="model name for the endpoint")
+    parser.add_argument("--vlm-prompt", choices=sorted(VLM_PROMPTS), default="cps",
+                        help="cps: Appendix A.1 character presence; pc-sa: A.2 prompt correspondence and style adherence")
+    parser.add_argument("--character", default="Princess Anna", help="for --vlm-prompt cps")
+    parser.add_argument("--work", default="Disney’s Frozen movie", help="for --vlm-prompt cps")
+    parser.add_argument("--style", default="pixel art", help="for --vlm-prompt pc-sa")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per request")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    args.url = args.url.rstrip("/")
+    if args.vlm_url and not args.vlm_model:
+        parser.error("--vlm-url needs --vlm-model")
+    return args
+
+
+def main(argv=None, progress_stream=None):
+    args = parse_args(argv)
+    try:
+        make_cells(args)
+    except AutoLoraParamError as error:
+        raise SystemExit(str(error)) from None
+    check_lora(args.url, args.lora, args.timeout)
+    scorer = None
+    if args.vlm_url:
+        scorer = VlmScorer(args.vlm_url, args.vlm_model, args.vlm_prompt, args.timeout,
+                           character=args.character, work=args.work, style=args.style)
+    image_rows, cell_rows = run_sweep(args, scorer, progress_stream=progress_stream)
+    write_csv(os.path.join(args.out, "images.csv"), image_rows)
+    write_csv(os.path.join(args.out, "cells.csv"), cell_rows)
+    columns = score_columns(scorer)
+    print(f"diversity: Eq. 8 over {len(args.seeds)} images per cell, {cell_rows[0]['features']} features")
+    print(text_table(cell_rows, columns))
+    unparsed = sum(1 for row in image_rows for c in columns if row.get(c) is None)
+    if unparsed:
+        print(f"{unparsed} VLM scores could not be parsed: see vlm_reply in images.csv")
+    if not args.no_plot:
+        print(plot_table(cell_rows, columns, os.path.join(args.out, "table.png")))
+    print(f"wrote {len(image_rows)} images, images.csv and cells.csv to {args.out}")
+    return image_rows, cell_rows
+
+
+if __name__ == "__main__":
+    main()
