@@ -18,11 +18,6 @@ from modules import shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
 
 
-def _lora_networks():
-    import networks  # A1111's built-in Lora extension, importable once it has loaded
-    return networks
-
-
 def _counting_forward(generation, host_forward, x, *args, **kwargs):
     """The denoiser's inner model, as patched: counts the rows the host evaluates (fewer when it
     skips the uncond pass) and runs base-only calls with the networks off."""
@@ -59,24 +54,22 @@ class A1111Generation(webui.Generation):
     # -- once per sampling pass (every batch, and the hires pass) --
 
     def prepare_pass(self, p):
-        if not self.start_pass(p):
+        loaded = self.start_pass(p)
+        if loaded is None:
             return
-        networks = _lora_networks()
-        if not networks.loaded_networks:
-            return self.stand_aside("no LoRA network is active in the prompt")
         if shared.sd_model.cond_stage_key == "edit":
             return self.stand_aside("InstructPix2Pix edit models are not supported")
         denoiser = p.sampler.model_wrap_cfg
         if denoiser is self.denoiser:
             return  # already prepared for this sampler
-        wanted = network_names(networks.loaded_networks)
+        wanted = network_names(loaded)
         if self.switch is None or self.model is not shared.sd_model or self.switch_names != wanted:
             if self.switch is not None:
                 self.switch.release()
             self.model = shared.sd_model
-            self.switch = NetworkSwitch(networks.loaded_networks, shared.sd_model.network_layer_mapping.values())
+            self.switch = NetworkSwitch(loaded, shared.sd_model.network_layer_mapping.values())
             self.switch_names = wanted
-        self.report.networks = [n.name for n in networks.loaded_networks]
+        self.report.networks = [n.name for n in loaded]
         if self.pass_params.base_text_encoder:
             self.base_c, self.base_uc = webui.base_conds(p, self.switch.networks_off)
         else:

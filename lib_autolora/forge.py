@@ -20,11 +20,6 @@ from backend.sampling.sampling_function import calc_cond_uncond_batch
 from modules import shared
 
 
-def _lora_networks():
-    import networks  # Forge's built-in sd_forge_lora extension
-    return networks
-
-
 @contextlib.contextmanager
 def _original_text_encoder(sd_model):
     lora_clip = sd_model.forge_objects.clip
@@ -59,11 +54,9 @@ class ForgeGeneration(webui.Generation):
     # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
 
     def prepare_pass(self, p):
-        if not self.start_pass(p):
+        loaded = self.start_pass(p)
+        if loaded is None:
             return
-        networks = _lora_networks()
-        if not networks.loaded_networks:
-            return self.stand_aside("no LoRA network is active in the prompt")
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
         if forge_hooks.installed(unet.model_options):
@@ -77,7 +70,7 @@ class ForgeGeneration(webui.Generation):
             if self.switch is not None:
                 self.switch.release()
             self.switch = ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw)
-        self.report.networks = [n.name for n in networks.loaded_networks]
+        self.report.networks = [n.name for n in loaded]
         if self.pass_params.base_text_encoder:
             self.base_c, self.base_uc = webui.base_conds(p, functools.partial(_original_text_encoder, sd_model))
         else:

@@ -31,9 +31,16 @@ class Generation:
             print(f"AutoLoRA: not applied, {reason}; generating as usual.")
 
     def start_pass(self, p):
-        """Whether AutoLoRA applies to the sampling pass that starts (the hires pass can be off)."""
+        """The prompt's loaded networks if AutoLoRA applies to the sampling pass that starts, else
+        None (the hires pass can be off; without networks AutoLoRA stands aside)."""
         self.pass_params = self.params.for_pass(getattr(p, "is_hr_pass", False))
-        return self.pass_params is not None and not self.report.not_applied
+        if self.pass_params is None or self.report.not_applied:
+            return None
+        import networks  # either host's built-in Lora extension, importable once it has loaded
+        if not networks.loaded_networks:
+            self.stand_aside("no LoRA network is active in the prompt")
+            return None
+        return networks.loaded_networks
 
     def handles(self, denoiser):
         raise NotImplementedError
