@@ -7,6 +7,8 @@ from tests.live.conftest import LORAS
 from tests.live.webui import ApiError, max_difference, png_base64
 
 CFG = 7.0
+# Forge's hires pass has its own CFG (default 1) and fails over the API without this list; A1111 ignores both
+FORGE_HIRES_FIELDS = {"hr_cfg": CFG, "hr_additional_modules": ["Use same choices"]}
 BASE = dict(prompt="a photo of a cat", negative_prompt="blurry, dark", seed=1234, steps=8, cfg_scale=CFG,
             width=64, height=64, sampler_name="Euler a", batch_size=1, n_iter=1)
 
@@ -43,7 +45,7 @@ SCENARIOS = {
     "long_prompt_short_negative": ("txt2img", {"prompt": ", ".join(["a very detailed photo of a cat"] * 14)}),
     "ngms_skipped_uncond": ("txt2img", {"s_min_uncond": 4.0}),
     "hires_fix": ("txt2img", {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6,
-                              "hr_second_pass_steps": 4}),
+                              "hr_second_pass_steps": 4, **FORGE_HIRES_FIELDS}),
     "img2img": ("img2img", {"init_images": [init_image()], "denoising_strength": 0.7}),
     "inpaint": ("img2img", {"init_images": [init_image()], "mask": inpaint_mask(), "denoising_strength": 0.8,
                             "inpainting_fill": 1}),
@@ -79,6 +81,9 @@ def test_a_disabled_equals_absent_args(webui, plain_reference):
 
 def check_invariants(webui, kind, payload, lora):
     plain_lora = generate(webui, kind, with_lora(payload, lora))
+    repeat = max_difference(plain_lora, generate(webui, kind, with_lora(payload, lora)))
+    if repeat:
+        pytest.skip(f"the host itself is not deterministic here: the same request twice differs by {repeat}")
     no_tag = generate(webui, kind, payload)
     assert max_difference(plain_lora, no_tag) > 0, f"{lora} must change the image"
 
@@ -129,8 +134,13 @@ def test_e_bad_input_is_named_and_leaves_no_trace(webui, plain_reference, args, 
 
 def test_infotext_in_an_api_request_sets_the_controls(webui):
     """The API's `infotext` field goes through the same infotext fields as PNG Info."""
-    infotext = (f"a photo of a cat <lora:{LORAS[0]}:1>\nNegative prompt: blurry, dark\nSteps: 8, Sampler: Euler a, "
-                f"CFG scale: 7.0, Seed: 1234, Size: 64x64, AutoLoRA: True, AutoLoRA gamma: 2.5, AutoLoRA w2: 6.0")
+    plain = (f"a photo of a cat <lora:{LORAS[0]}:1>\nNegative prompt: blurry, dark\nSteps: 8, Sampler: Euler a, "
+             f"CFG scale: 7.0, Seed: 1234, Size: 64x64")
+    try:
+        webui.txt2img({"infotext": plain})
+    except ApiError as error:
+        pytest.skip(f"this host's API fails on `infotext` requests without AutoLoRA too: {error}")
+    infotext = plain + ", AutoLoRA: True, AutoLoRA gamma: 2.5, AutoLoRA w2: 6.0"
     from_infotext = webui.txt2img({"infotext": infotext})
     from_args = webui.txt2img({**with_lora(BASE, LORAS[0]), "alwayson_scripts": autolora(gamma=2.5, lora_cfg=6.0)})
     assert "AutoLoRA gamma: 2.5" in from_infotext.infotexts[0]

@@ -6,11 +6,12 @@ import re
 import pytest
 
 from tests.live.conftest import LORAS
-from tests.live.test_invariants import BASE, CFG, autolora, with_lora
+from tests.live.test_invariants import BASE, CFG, FORGE_HIRES_FIELDS, autolora, with_lora
 from tests.live.webui import ApiError, max_difference
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-HIRES = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6, "hr_second_pass_steps": 4}
+HIRES = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6, "hr_second_pass_steps": 4,
+         **FORGE_HIRES_FIELDS}
 
 
 def axis_index(webui, label):
