@@ -28,6 +28,25 @@ def _changes_layer(networks, layer_name):
     return any(layer_name + s in net.modules for net in networks for s in suffixes)
 
 
+# A switch touches every layer that holds the networks, twice: the direct reads and writes below
+# skip nn.Module's __getattr__/__setattr__ checks (parameter slots stay parameter slots, the
+# bookkeeping is a plain attribute), which were most of its cost.
+
+def _get(owner, name):
+    return owner._parameters[name] if name in owner._parameters else getattr(owner, name)
+
+
+def _put(owner, name, value):
+    if name in owner._parameters:
+        owner._parameters[name] = value
+    else:
+        setattr(owner, name, value)
+
+
+def _set_names(layer, names):
+    layer.__dict__["network_current_names"] = names
+
+
 def _as_base(value, like):
     if value is None:
         return None
@@ -55,7 +74,9 @@ class NetworkSwitch:
 
     def __init__(self, loaded_networks, layers):
         self._loaded = loaded_networks  # the Lora extension's own list, emptied in place while off
-        self._layers = [layer for layer in layers if hasattr(layer, "network_layer_name")]
+        # A1111 names every module; only those with weights take networks
+        self._layers = [layer for layer in layers if hasattr(layer, "network_layer_name")
+                        and (hasattr(layer, "weight") or hasattr(layer, "in_proj_weight"))]
         self._base = {}  # layer -> its _base_fields, made on first use, held for the generation
         self.switches = 0
         self.switch_seconds = 0.0  # time spent switching off and on, not in the model
@@ -86,13 +107,13 @@ class NetworkSwitch:
         started = time.perf_counter()
         try:
             for layer in self._layers:
-                if getattr(layer, "network_current_names", ()) != wanted:
+                if layer.__dict__.get("network_current_names", ()) != wanted:
                     continue
                 fields = self._fields(layer, networks)
-                swapped.append((layer, [(owner, name, getattr(owner, name)) for owner, name, _ in fields]))
+                swapped.append((layer, [(owner, name, _get(owner, name)) for owner, name, _ in fields]))
                 for owner, name, value in fields:
-                    setattr(owner, name, value)
-                layer.network_current_names = ()
+                    _put(owner, name, value)
+                _set_names(layer, ())
             self._loaded.clear()
             self.switches += 1
             self.switch_seconds += time.perf_counter() - started
@@ -102,6 +123,6 @@ class NetworkSwitch:
             self._loaded[:] = networks
             for layer, merged in swapped:
                 for owner, name, value in merged:
-                    setattr(owner, name, value)
-                layer.network_current_names = wanted
+                    _put(owner, name, value)
+                _set_names(layer, wanted)
             self.switch_seconds += time.perf_counter() - started
