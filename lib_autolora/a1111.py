@@ -41,10 +41,8 @@ class A1111Generation(webui.Generation):
     def __init__(self, p, params):
         super().__init__(p, params)
         self.model = None
-        self.switch_names = None
         self.denoiser = None
         self.denoiser_params = None
-        self.base_c = self.base_uc = None
         self.step_base_conds = None
         self.rows_evaluated = 0
 
@@ -59,47 +57,34 @@ class A1111Generation(webui.Generation):
             return
         if shared.sd_model.cond_stage_key == "edit":
             return self.stand_aside("InstructPix2Pix edit models are not supported")
-        denoiser = p.sampler.model_wrap_cfg
-        if denoiser is self.denoiser:
-            return  # already prepared for this sampler
-        wanted = network_names(loaded)
-        if self.switch is None or self.model is not shared.sd_model or self.switch_names != wanted:
-            if self.switch is not None:
-                self.switch.release()
-            self.model = shared.sd_model
-            self.switch = NetworkSwitch(loaded, shared.sd_model.network_layer_mapping.values())
-            self.switch_names = wanted
+        model = self.model = shared.sd_model
+        switch = self.use_switch(lambda: NetworkSwitch(loaded, model.network_layer_mapping.values()),
+                                 (model, network_names(loaded)))
         self.report.networks = [n.name for n in loaded]
+        # every batch: prompts can differ, and img2img keeps one sampler for all batches
         if self.pass_params.base_text_encoder:
-            self.base_c, self.base_uc = webui.base_conds(p, self.switch.networks_off)
+            self.base_c, self.base_uc = webui.base_conds(p, switch.networks_off)
         else:
             self.base_c, self.base_uc = p.get_conds()
-        self.denoiser = denoiser
-        self.patch(denoiser, "combine_denoised", functools.partial(self.combine_denoised, denoiser.combine_denoised))
-        inner = denoiser.inner_model  # an nn.Module: its instance `forward` is what calls reach
-        self.patch(inner, "forward", functools.partial(_counting_forward, self, inner.forward))
+        denoiser = p.sampler.model_wrap_cfg
+        if denoiser is not self.denoiser:
+            self.denoiser = denoiser
+            self.patch(denoiser, "combine_denoised", functools.partial(self.combine_denoised, denoiser.combine_denoised))
+            inner = denoiser.inner_model  # an nn.Module: its instance `forward` is what calls reach
+            self.patch(inner, "forward", functools.partial(_counting_forward, self, inner.forward))
 
     # -- per denoiser call --
 
     def on_cfg_denoiser(self, params):
-        """Decides the passes of this call; a base-only call gets the base conds here."""
-        denoiser = self.denoiser
         if shared.sd_model is not self.model:
             self.stand_aside("a refiner swapped the model during sampling")
-        progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
-        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.pass_params, progress)
-        self.report.record(self.step_passes, denoiser.step, webui.pass_label(self.p))
         self.rows_evaluated = 0
         self.denoiser_params = params
-        if self.step_passes is guidance.Passes.LORA:
-            return
-        _, tensor, uncond = webui.conds_at_step(self.base_c, self.base_uc, denoiser.step)
-        self.step_base_conds = tensor, uncond
-        if self.step_passes is guidance.Passes.BASE:
-            params.text_cond, params.text_uncond = tensor, uncond
+        conds = self.begin_call(params)
+        self.step_base_conds = None if conds is None else conds[1:]
 
     def combine_denoised(self, host_combine, x_out, conds_list, uncond, cond_scale):
-        if self.report.not_applied and self.step_passes is guidance.Passes.LORA:
+        if self.report.not_applied:
             return host_combine(x_out, conds_list, uncond, cond_scale)
         skipped = self.rows_evaluated < self.denoiser_params.x.shape[0]
 

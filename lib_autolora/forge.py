@@ -11,6 +11,8 @@ import contextlib
 import functools
 import math
 
+import torch
+
 from lib_autolora import forge_hooks, guidance, webui
 from lib_autolora.forge_lora import ForgeLoraSwitch
 
@@ -18,6 +20,8 @@ from backend import utils as backend_utils
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
 from modules import shared
+
+FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -44,7 +48,6 @@ def _host_cond_scale(denoiser, sigma):
 class ForgeGeneration(webui.Generation):
     def __init__(self, p, params):
         super().__init__(p, params)
-        self.base_c = self.base_uc = None
         self.step_base_conds = None
         self.host_scale = None
 
@@ -66,17 +69,18 @@ class ForgeGeneration(webui.Generation):
         explicit = [w for w in (self.pass_params.base_cfg, self.pass_params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
             return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, so w1/w2 other than 1 cannot apply")
-        if self.switch is None or self.switch.model is not unet.model:
-            if self.switch is not None:
-                self.switch.release()
-            self.switch = ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw)
+        if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
+            return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
+                                    "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
+        self.use_switch(lambda: ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw),
+                        unet.model)
         self.report.networks = [n.name for n in loaded]
         if self.pass_params.base_text_encoder:
             self.base_c, self.base_uc = webui.base_conds(p, functools.partial(_original_text_encoder, sd_model))
         else:
             self.base_c, self.base_uc = c, uc
         unet = unet.clone()
-        forge_hooks.install(unet.model_options, self.post_cfg, self.model_function)
+        forge_hooks.install(unet.model_options, self)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
         sd_model.forge_objects.unet = unet
@@ -84,18 +88,10 @@ class ForgeGeneration(webui.Generation):
     # -- per denoiser call --
 
     def on_cfg_denoiser(self, params):
-        """Decides the passes of this call; a base-only call gets the base conds here."""
-        denoiser = params.denoiser
-        progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
-        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.pass_params, progress)
-        self.report.record(self.step_passes, denoiser.step, webui.pass_label(self.p))
-        self.host_scale = _host_cond_scale(denoiser, params.sigma)
-        if self.step_passes is guidance.Passes.LORA:
-            return
-        conds_list, tensor, uncond = webui.conds_at_step(self.base_c, self.base_uc, denoiser.step)
-        self.step_base_conds = conds_list, tensor, uncond
-        if self.step_passes is guidance.Passes.BASE:
-            params.text_cond, params.text_uncond = tensor, uncond
+        if shared.sd_model.forge_objects.unet.model is not self.switch.model:
+            self.stand_aside("a refiner swapped the model during sampling")
+        self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
+        self.step_base_conds = self.begin_call(params)
 
     def model_function(self, previous, apply_model, args):
         def run():

@@ -1,6 +1,5 @@
 """The host-free part of the Forge adapter: installing its hooks on a patcher's model options,
 and the post-CFG combination on Forge's argument layout."""
-import functools
 import math
 
 from lib_autolora import guidance
@@ -29,15 +28,25 @@ def installed(options):
     return any(getattr(fn, MARK, False) for fn in options.get("sampler_post_cfg_function", []))
 
 
-def install(options, post_cfg, model_function):
-    """Puts `post_cfg` first among the post-CFG functions (it must see the host's raw result) and
-    wraps the model function, chaining any wrapper already there. Does nothing if already there."""
+def install(options, generation):
+    """Puts the generation's post-CFG function first (it must see the host's raw result) and wraps
+    the model function, chaining any wrapper already there. Does nothing if already there.
+
+    The hooks are plain functions: Forge deep-copies model options when it clones a patcher, and
+    deepcopy keeps functions as they are but would copy a bound method's whole generation."""
     if installed(options):
         return False
-    post_cfg = functools.partial(post_cfg)
+    previous = options.get("model_function_wrapper")
+
+    def post_cfg(args):
+        return generation.post_cfg(args)
+
+    def model_function(apply_model, args):
+        return generation.model_function(previous, apply_model, args)
+
     setattr(post_cfg, MARK, True)
     options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
-    options["model_function_wrapper"] = functools.partial(model_function, options.get("model_function_wrapper"))
+    options["model_function_wrapper"] = model_function
     return True
 
 

@@ -1,13 +1,13 @@
 """Glue shared by both WebUI hosts: the generation's lifecycle, the base conds, the callback."""
 import functools
 
-from lib_autolora import hosts, settings, xyz
+from lib_autolora import guidance, hosts, settings, xyz
 from lib_autolora.params import FIELDS, AutoLoraParamError, AutoLoraParams
 from lib_autolora.report import RunReport
 
 from modules import devices, processing, prompt_parser, script_callbacks, shared
 
-_generation = None  # the running request's generation, if AutoLoRA is enabled for it
+ATTRIBUTE = "autolora_generation"  # where a processing object keeps its Generation
 
 
 def _fail_sampling(error, *args, **kwargs):
@@ -22,13 +22,15 @@ class Generation:
         self.params = params
         self.report = RunReport(params)
         self.pass_params = params  # the settings of the sampling pass under way
-        self.switch = None
+        self.switch = self.switch_key = None
+        self.base_c = self.base_uc = None  # the base model's conds for the pass under way
         self.step_passes = None
         self.patched = []  # (object, attribute, previous value or self if none) to undo
 
     def stand_aside(self, reason):
         if self.report.stand_aside(reason) and settings.console_summary(shared.opts):
-            print(f"AutoLoRA: not applied, {reason}; generating as usual.")
+            done = "the rest is generated" if self.report.active_steps else "generating"
+            print(f"AutoLoRA: not applied, {reason}; {done} as usual.")
 
     def start_pass(self, p):
         """The prompt's loaded networks if AutoLoRA applies to the sampling pass that starts, else
@@ -41,6 +43,28 @@ class Generation:
             self.stand_aside("no LoRA network is active in the prompt")
             return None
         return networks.loaded_networks
+
+    def use_switch(self, switch_for, key):
+        """The network switch for `key` (what it is valid for), made anew when that changes."""
+        if self.switch is None or self.switch_key != key:
+            if self.switch is not None:
+                self.switch.release()
+            self.switch, self.switch_key = switch_for(), key
+        return self.switch
+
+    def begin_call(self, params):
+        """Decides the passes of a denoiser call; returns (conds_list, cond, uncond) of the base
+        model at this step when it runs, and hands them to the host for a base-only call."""
+        denoiser = params.denoiser
+        progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
+        self.step_passes = guidance.Passes.LORA if self.report.not_applied else guidance.passes_for(self.pass_params, progress)
+        self.report.record(self.step_passes, denoiser.step, pass_label(self.p))
+        if self.step_passes is guidance.Passes.LORA:
+            return None
+        conds = conds_at_step(self.base_c, self.base_uc, denoiser.step)
+        if self.step_passes is guidance.Passes.BASE:
+            params.text_cond, params.text_uncond = conds[1], conds[2]
+        return conds
 
     def handles(self, denoiser):
         raise NotImplementedError
@@ -117,9 +141,10 @@ def _adapter():
 
 
 def begin(p, args):
-    """`process`: read the arguments; on bad input make this generation fail with the message."""
-    global _generation
-    end()
+    """`process`: read the arguments; on bad input make this generation fail with the message.
+    The Generation lives on `p`, so a nested generation (an extension running one inside this
+    one) has its own, and an X/Y/Z cell's copy of `p` gets its own."""
+    finish(p)
     for field in FIELDS:  # X/Y/Z cells share this dict: drop what an earlier cell wrote
         p.extra_generation_params.pop(field.infotext, None)
     try:
@@ -131,37 +156,34 @@ def begin(p, args):
     if not params.enabled:
         return
     p.extra_generation_params.update(params.to_infotext())
-    _generation = _adapter()(p, params)
+    setattr(p, ATTRIBUTE, _adapter()(p, params))
 
 
 def prepare_pass(p):
     """`process_before_every_sampling`."""
-    if _generation is not None and _generation.p is p:
-        _generation.prepare_pass(p)
+    generation = getattr(p, ATTRIBUTE, None)
+    if generation is not None:
+        generation.prepare_pass(p)
 
 
 def finish(p):
-    """`postprocess`: print what AutoLoRA did, undo everything."""
-    if _generation is not None and _generation.p is p:
-        line = _generation.summary()
-        if line and settings.console_summary(shared.opts):
-            print(line)
-    end()
-
-
-def end():
-    global _generation
-    if _generation is not None:
-        _generation.close()
-        _generation = None
+    """`postprocess`: print what AutoLoRA did, undo everything. A generation that failed on the
+    way is dropped with its `p` (and its copies of weights with it)."""
+    generation = p.__dict__.pop(ATTRIBUTE, None)
+    if generation is None:
+        return
+    line = generation.summary()
+    if line and settings.console_summary(shared.opts):
+        print(line)
+    generation.close()
 
 
 def _on_cfg_denoiser(params):
-    if _generation is not None and _generation.handles(params.denoiser):
-        _generation.on_cfg_denoiser(params)
+    generation = getattr(getattr(params.denoiser, "p", None), ATTRIBUTE, None)
+    if generation is not None and generation.handles(params.denoiser):
+        generation.on_cfg_denoiser(params)
 
 
 def install_callbacks():
     """Registered once per script load; the WebUI drops them when it reloads scripts."""
     script_callbacks.on_cfg_denoiser(_on_cfg_denoiser)
-    script_callbacks.on_script_unloaded(end)

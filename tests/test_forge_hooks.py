@@ -1,5 +1,6 @@
 """Tier 2: the Forge adapter's host-free parts: hook installation, the combination on Forge's
 post-CFG argument layout, and host detection."""
+import copy
 import importlib.util
 import types
 
@@ -21,26 +22,47 @@ def forge_args(strengths=(1.0,), disable_cfg1=False, seed=0):
             "model_options": {"disable_cfg1_optimization": disable_cfg1}, "input": torch.zeros(1, 4, 8, 8)}
 
 
+class FakeGeneration:
+    """Stands for the adapter's generation; deep-copying it would copy the model it holds."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def post_cfg(self, args):
+        return args["denoised"]
+
+    def model_function(self, previous, apply_model, args):
+        self.calls.append("ours")
+        return previous(apply_model, args)
+
+    def __deepcopy__(self, memo):
+        raise AssertionError("the generation must not be deep-copied with the patcher's options")
+
+
 def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
     calls = []
     existing_post = lambda args: args["denoised"]  # noqa: E731
     existing_wrapper = lambda apply_model, args: calls.append("theirs") or apply_model(args)  # noqa: E731
     options = {"sampler_post_cfg_function": [existing_post], "model_function_wrapper": existing_wrapper}
+    generation = FakeGeneration(calls)
 
-    def ours(args):
-        return args["denoised"]
-
-    def model_function(previous, apply_model, args):
-        calls.append("ours")
-        return previous(apply_model, args)
-
-    assert forge_hooks.install(options, ours, model_function)
-    assert not forge_hooks.install(options, ours, model_function)
+    assert forge_hooks.install(options, generation)
+    assert not forge_hooks.install(options, generation)
     assert len(options["sampler_post_cfg_function"]) == 2
-    assert options["sampler_post_cfg_function"][0].func is ours
+    assert getattr(options["sampler_post_cfg_function"][0], forge_hooks.MARK)
+    assert options["sampler_post_cfg_function"][0]({"denoised": "raw"}) == "raw"
     assert options["sampler_post_cfg_function"][1] is existing_post
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
     assert calls == ["ours", "theirs"]
+
+
+def test_cloning_a_patcher_does_not_copy_the_generation():
+    """Forge's UnetPatcher.clone deep-copies model_options."""
+    options = {"transformer_options": {}}
+    forge_hooks.install(options, FakeGeneration([]))
+    copied = copy.deepcopy(options)
+    assert copied["sampler_post_cfg_function"][0] is options["sampler_post_cfg_function"][0]
+    assert forge_hooks.installed(copied)
 
 
 @pytest.mark.parametrize("passes, w_name", [(Passes.LORA, "lora_cfg"), (Passes.BASE, "base_cfg")])
@@ -55,7 +77,7 @@ def test_single_pass_calls_return_the_hosts_result_for_its_scale(passes, w_name)
 
 
 def test_both_passes_blend_the_guided_predictions_with_gamma():
-    args = forge_args(strengths=(0.5, 0.5))  # an AND prompt: Forge multiplies the scale by the weights' sum
+    args = forge_args(strengths=(0.6, 0.6))  # an AND prompt: Forge multiplies the scale by the weights' sum
     base = forge_args(seed=1)
     seen = []
 
@@ -65,7 +87,7 @@ def test_both_passes_blend_the_guided_predictions_with_gamma():
 
     params = AutoLoraParams(True, 1.5, base_cfg=5.0, lora_cfg=None)
     got = forge_hooks.combine(args, Passes.BOTH, params, HOST_SCALE, evaluate_base)
-    base_guided = guidance.cfg(base["uncond_denoised"], base["cond_denoised"], 5.0 * 1.0)
+    base_guided = guidance.cfg(base["uncond_denoised"], base["cond_denoised"], 5.0 * 1.2)
     expected = guidance.autolora(base_guided, args["denoised"], 1.5)
     assert torch.allclose(got, expected, atol=1e-6)
     assert seen == [True]

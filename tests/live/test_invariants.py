@@ -47,6 +47,7 @@ SCENARIOS = {
     "hires_fix": ("txt2img", {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6,
                               "hr_second_pass_steps": 4, **FORGE_HIRES_FIELDS}),
     "img2img": ("img2img", {"init_images": [init_image()], "denoising_strength": 0.7}),
+    "img2img_batch_count_2": ("img2img", {"init_images": [init_image()], "denoising_strength": 0.7, "n_iter": 2}),
     "inpaint": ("img2img", {"init_images": [init_image()], "mask": inpaint_mask(), "denoising_strength": 0.8,
                             "inpainting_fill": 1}),
     "inpaint_only_masked": ("img2img", {"init_images": [init_image()], "mask": inpaint_mask(), "denoising_strength": 0.8,
