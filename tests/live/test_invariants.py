@@ -82,9 +82,12 @@ def test_a_disabled_equals_absent_args(webui, plain_reference):
 
 def check_invariants(webui, kind, payload, lora):
     plain_lora = generate(webui, kind, with_lora(payload, lora))
-    repeat = max_difference(plain_lora, generate(webui, kind, with_lora(payload, lora)))
+    again = generate(webui, kind, with_lora(payload, lora))
+    if max_difference(plain_lora, again):  # the host's first run of a setting can differ (seen on A1111 img2img)
+        plain_lora, again = again, generate(webui, kind, with_lora(payload, lora))
+    repeat = max_difference(plain_lora, again)
     if repeat:
-        pytest.skip(f"the host itself is not deterministic here: the same request twice differs by {repeat}")
+        pytest.skip(f"the host itself is not deterministic here: the same request differs by {repeat} between runs")
     no_tag = generate(webui, kind, payload)
     assert max_difference(plain_lora, no_tag) > 0, f"{lora} must change the image"
 
