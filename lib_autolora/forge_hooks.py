@@ -7,8 +7,15 @@ from lib_autolora import guidance
 MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
 
 
-def forge_cfg(uncond, cond, scale, edit_strength):
-    """sampling_function_inner's CFG, written as the host writes it."""
+def forge_cfg(uncond, cond, scale, edit_strength, args):
+    """sampling_function_inner's CFG, written as the host writes it, through the patcher's CFG
+    function where an extension set one (Forge's dynamic thresholding does)."""
+    cfg_function = args["model_options"].get("sampler_cfg_function")
+    if cfg_function is not None:
+        x = args["input"]
+        return x - cfg_function({"cond": x - cond, "uncond": x - uncond, "cond_scale": scale, "timestep": args["sigma"],
+                                 "input": x, "sigma": args["sigma"], "cond_denoised": cond, "uncond_denoised": uncond,
+                                 "model": args["model"], "model_options": args["model_options"]})
     if math.isclose(edit_strength, 1.0):
         return uncond + (cond - uncond) * scale
     return uncond + (cond - uncond) * scale * edit_strength
@@ -64,7 +71,7 @@ def combine(args, passes, params, host_scale, evaluate_base):
         scale = host_scale if w is None or not with_uncond else w
         if host_result is not None and scale == host_scale:
             return host_result  # the host's own result, whatever CFG function produced it
-        return forge_cfg(uncond, cond, scale, edit_strength)
+        return forge_cfg(uncond, cond, scale, edit_strength, args)
 
     host = args["uncond_denoised"], args["cond_denoised"]
     if passes is guidance.Passes.LORA:

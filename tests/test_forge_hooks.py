@@ -19,7 +19,8 @@ def forge_args(strengths=(1.0,), disable_cfg1=False, seed=0):
     uncond, cond = torch.randn(2, 1, 4, 8, 8)
     return {"denoised": uncond + (cond - uncond) * HOST_SCALE, "uncond_denoised": uncond, "cond_denoised": cond,
             "cond": [{"strength": s, "model_conds": {}} for s in strengths], "uncond": [{"model_conds": {}}],
-            "model_options": {"disable_cfg1_optimization": disable_cfg1}, "input": torch.zeros(1, 4, 8, 8)}
+            "model_options": {"disable_cfg1_optimization": disable_cfg1}, "input": torch.zeros(1, 4, 8, 8),
+            "sigma": torch.tensor([1.0]), "model": None}
 
 
 class FakeGeneration:
@@ -91,6 +92,26 @@ def test_both_passes_blend_the_guided_predictions_with_gamma():
     expected = guidance.autolora(base_guided, args["denoised"], 1.5)
     assert torch.allclose(got, expected, atol=1e-6)
     assert seen == [True]
+
+
+def test_an_extensions_cfg_function_guides_both_models():
+    """Forge's dynamic thresholding sets sampler_cfg_function; the base side must go through it too."""
+    seen = []
+
+    def halve(cfg_args):  # returns x - denoised, as Forge's CFG functions do
+        seen.append(cfg_args["cond_scale"])
+        denoised = cfg_args["uncond_denoised"] + (cfg_args["cond_denoised"] - cfg_args["uncond_denoised"]) * cfg_args["cond_scale"]
+        return cfg_args["input"] - denoised / 2
+
+    args = forge_args()
+    args["model_options"]["sampler_cfg_function"] = halve
+    base = forge_args(seed=1)
+    got = forge_hooks.combine(args, Passes.BOTH, AutoLoraParams(True, 1.5, base_cfg=5.0, lora_cfg=3.0), HOST_SCALE,
+                              lambda call_args, with_uncond: (base["cond_denoised"], base["uncond_denoised"]))
+    lora = guidance.cfg(args["uncond_denoised"], args["cond_denoised"], 3.0) / 2
+    base_guided = guidance.cfg(base["uncond_denoised"], base["cond_denoised"], 5.0) / 2
+    assert torch.allclose(got, guidance.autolora(base_guided, lora, 1.5), atol=1e-5)
+    assert seen == [3.0, 5.0]
 
 
 def test_when_the_host_skipped_the_uncond_pass_everything_uses_the_cond_alone():

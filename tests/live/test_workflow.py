@@ -108,3 +108,22 @@ def test_hires_override_applies_to_the_second_pass_only(webui):
     assert "AutoLoRA hires: off" in off.infotexts[0]
     assert "AutoLoRA hires: own" in own_plain.infotexts[0] and "AutoLoRA hires gamma: 1.0" in own_plain.infotexts[0]
     assert "AutoLoRA hires" not in same.infotexts[0]
+
+
+DYNTHRES = "dynamicthresholding (cfg-fix) integrated"
+
+
+def test_composes_with_the_hosts_cfg_function(webui):
+    """Forge's built-in dynamic thresholding replaces the CFG formula; AutoLoRA guides both models
+    through it, and gamma 1 stays the host's own result."""
+    scripts = {s["name"] for s in webui.call("/sdapi/v1/script-info")}
+    if DYNTHRES not in scripts:
+        pytest.skip("this host has no built-in dynamic thresholding (Forge has)")
+    payload = {**with_lora(BASE, LORAS[0]), "cfg_scale": 12}
+    dynthres = {DYNTHRES: {"args": [True, 5.0, 1.0]}}
+    alone = webui.txt2img({**payload, "alwayson_scripts": dynthres})
+    assert max_difference(alone, webui.txt2img(payload)) > 0, "dynamic thresholding must change the image"
+    gamma_one = webui.txt2img({**payload, "alwayson_scripts": {**dynthres, **autolora(gamma=1.0, lora_cfg=12.0)}})
+    assert max_difference(gamma_one, alone) == 0
+    guided = webui.txt2img({**payload, "alwayson_scripts": {**dynthres, **autolora(gamma=1.5)}})
+    assert max_difference(guided, alone) > 0
