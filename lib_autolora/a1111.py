@@ -62,10 +62,7 @@ class A1111Generation(webui.Generation):
                                  (model, network_names(loaded)))
         self.report.networks = [n.name for n in loaded]
         # every batch: prompts can differ, and img2img keeps one sampler for all batches
-        if self.pass_params.base_text_encoder:
-            self.base_c, self.base_uc = webui.base_conds(p, switch.networks_off)
-        else:
-            self.base_c, self.base_uc = p.get_conds()
+        self.set_base_conds(p, switch.networks_off, p.get_conds())
         denoiser = p.sampler.model_wrap_cfg
         if denoiser is not self.denoiser:
             self.denoiser = denoiser

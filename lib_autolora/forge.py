@@ -75,10 +75,7 @@ class ForgeGeneration(webui.Generation):
         self.use_switch(lambda: ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw),
                         unet.model)
         self.report.networks = [n.name for n in loaded]
-        if self.pass_params.base_text_encoder:
-            self.base_c, self.base_uc = webui.base_conds(p, functools.partial(_original_text_encoder, sd_model))
-        else:
-            self.base_c, self.base_uc = c, uc
+        self.set_base_conds(p, functools.partial(_original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
         forge_hooks.install(unet.model_options, self)
         if explicit and math.isclose(pass_scale, 1.0):

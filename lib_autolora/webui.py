@@ -44,6 +44,16 @@ class Generation:
             return None
         return networks.loaded_networks
 
+    def set_base_conds(self, p, networks_off, lora_conds):
+        """The base model's conds for this pass: none where no call runs it (gamma 1), the LoRA's own
+        where the text encoder keeps its LoRA, else the host's encoded with the networks off."""
+        if self.pass_params.gamma == 1:
+            self.base_c = self.base_uc = None
+        elif self.pass_params.base_text_encoder:
+            self.base_c, self.base_uc = base_conds(p, networks_off)
+        else:
+            self.base_c, self.base_uc = lora_conds
+
     def use_switch(self, switch_for, key):
         """The network switch for `key` (what it is valid for), made anew when that changes."""
         if self.switch is None or self.switch_key != key:

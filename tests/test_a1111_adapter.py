@@ -1,0 +1,197 @@
+"""Tier 2: the A1111 adapter (lib_autolora.webui + lib_autolora.a1111) driven through its script
+hooks on a fake WebUI (fake_a1111): a CFG denoiser built like A1111's around a small UNet, a text
+encoder of torch layers and a kohya LoRA on both, merged by a stand-in for the Lora extension."""
+import collections
+import importlib
+import sys
+
+import pytest
+import torch
+
+import fake_a1111
+import lib_autolora
+from a1111_like_lora import load_kohya
+from kohya_files import write_lora
+from lib_autolora.guidance import Passes
+from lib_autolora.params import AutoLoraParamError, AutoLoraParams
+from test_network_switch import LORA_LAYERS
+
+CFG = 6.0
+STEPS = 4
+PROMPTS = ["a cat AND a red hat :0.5", "a [dog:fox:2]"]  # an AND prompt and a prompt edited at step 2
+LONG_PROMPTS = ["a cat sitting on a mat AND a red hat :0.5", "a [dog:fox:2]"]  # the cond takes two chunks
+NEGATIVES = ["blurry", "ugly"]
+TE_LAYERS = ["cond_stage_model.layers.0", "cond_stage_model.layers.2"]
+ADAPTER_MODULES = ("lib_autolora.webui", "lib_autolora.a1111")
+Run = collections.namedtuple("Run", "samples p generation denoisers")
+
+
+@pytest.fixture
+def a1111(monkeypatch, tmp_path):
+    """The fake WebUI with the adapter imported against it and its callback installed; a kohya LoRA
+    on the text encoder and UNet as `a1111.style`. Afterwards the adapter modules are dropped again."""
+    fake = fake_a1111.install(monkeypatch)
+    for name in ADAPTER_MODULES:
+        sys.modules.pop(name, None)
+    fake.webui = importlib.import_module("lib_autolora.webui")
+    fake.webui.install_callbacks()
+    layers = TE_LAYERS + ["model.diffusion_model." + name for name in LORA_LAYERS]
+    fake.style = load_kohya(write_lora(tmp_path / "style.safetensors", fake.sd_model, layers), "style")
+    yield fake
+    for name in ADAPTER_MODULES:
+        sys.modules.pop(name, None)
+        if hasattr(lib_autolora, name.split(".")[1]):
+            delattr(lib_autolora, name.split(".")[1])
+    assert not fake.callback_errors, "the cfg_denoiser callback raised (the WebUI would only log it)"
+
+
+def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1):
+    """A txt2img generation the way the WebUI runs it; AutoLoRA's script hooks only with `args`.
+    Returns the samples of all batches, `p`, the AutoLoRA generation as postprocess found it and
+    each batch's CFG denoiser."""
+    loaded = [a1111.style] if networks else []
+    p = a1111.processing.StableDiffusionProcessing(prompts, NEGATIVES, steps=STEPS, cfg_scale=CFG,
+                                                   extra_network_data=tuple(n.name for n in loaded))
+    p.before_every_sampling.append(a1111.webui.prepare_pass)  # process_before_every_sampling
+    if args is not None:
+        a1111.webui.begin(p, args)  # process
+    samples, denoisers = [], []
+    for _ in range(batches):
+        a1111.networks.loaded_networks[:] = loaded  # extra_networks.activate
+        with torch.no_grad():
+            p.setup_conds()
+            samples.append(p.sample(p.c, p.uc))
+        denoisers.append(p.sampler.model_wrap_cfg)
+    generation = getattr(p, a1111.webui.ATTRIBUTE, None)
+    a1111.webui.finish(p)  # postprocess
+    return Run(torch.cat(samples), p, generation, denoisers)
+
+
+def model_state(a1111):
+    """Weights, the Lora extension's per-layer bookkeeping and its list of loaded networks."""
+    weights = {k: v.clone() for k, v in a1111.sd_model.state_dict().items()}
+    names = {n: layer.__dict__.get("network_current_names") for n, layer in a1111.lora.layers.items()}
+    return weights, names, list(a1111.networks.loaded_networks)
+
+
+def assert_same_state(state, a1111):
+    weights, names, loaded = model_state(a1111)
+    assert weights.keys() == state[0].keys() and all(torch.equal(state[0][k], v) for k, v in weights.items())
+    assert names == state[1]
+    assert loaded == state[2]
+
+
+def unet_calls_without_networks(a1111):
+    """Counts UNet evaluations made while the prompt's networks are switched off."""
+    calls = []
+    a1111.sd_model.model.diffusion_model.register_forward_pre_hook(
+        lambda module, args: None if a1111.networks.loaded_networks else calls.append(len(args[0])))
+    return calls
+
+
+CASES = {  # option values of the WebUI, prompts
+    "batched": ({}, PROMPTS),
+    "unbatched": ({"batch_cond_uncond": False}, PROMPTS),
+    "skipped uncond": ({"skip_early_cond": 0.5}, PROMPTS),
+    "skipped uncond, unbatched": ({"skip_early_cond": 0.5, "batch_cond_uncond": False}, PROMPTS),
+    "longer cond": ({}, LONG_PROMPTS),
+    "longer cond, unbatched": ({"batch_cond_uncond": False}, LONG_PROMPTS),
+    "longer cond, skipped uncond": ({"skip_early_cond": 0.5, "batch_cond_uncond": False}, LONG_PROMPTS),
+    "longer cond, padded": ({"pad_cond_uncond": True}, LONG_PROMPTS),
+    "longer cond, padded v0, unbatched": ({"pad_cond_uncond_v0": True, "batch_cond_uncond": False}, LONG_PROMPTS),
+}
+EXACT_CASES = ["batched", "skipped uncond, unbatched", "longer cond, padded"]
+
+
+def use_case(a1111, case):
+    """Sets the case's WebUI options; returns its prompts."""
+    options, prompts = CASES[case]
+    a1111.shared.opts.__dict__.update(options)
+    return prompts
+
+
+@pytest.mark.parametrize("case", EXACT_CASES)
+def test_gamma_one_with_w2_equal_cfg_is_plain_lora_generation(a1111, case):
+    prompts = use_case(a1111, case)
+    plain = generate(a1111, prompts=prompts)
+    base_calls = unet_calls_without_networks(a1111)
+    run = generate(a1111, [{"gamma": 1.0, "lora_cfg": CFG}], prompts)
+    assert torch.equal(run.samples, plain.samples)
+    assert base_calls == [], "gamma 1 must not run the model without the networks"
+    assert run.generation.report.calls[Passes.LORA] == STEPS
+
+
+def test_gamma_one_never_switches_the_networks(a1111):
+    assert generate(a1111, [{"gamma": 1.0}]).generation.switch.switches == 0
+
+
+@pytest.mark.parametrize("case", EXACT_CASES)
+def test_gamma_zero_with_w1_equal_cfg_is_the_model_without_the_lora(a1111, case):
+    prompts = use_case(a1111, case)
+    without = generate(a1111, prompts=prompts, networks=False)
+    lora = generate(a1111, prompts=prompts)
+    assert not torch.equal(lora.p.uc[0][0].cond, without.p.uc[0][0].cond), "the LoRA must change the text encoding"
+    assert not torch.allclose(lora.samples, without.samples, atol=1e-2)
+    run = generate(a1111, [{"gamma": 0.0, "base_cfg": CFG}], prompts)
+    assert torch.equal(run.samples, without.samples)
+    assert run.generation.report.calls[Passes.BASE] == STEPS
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_base_evaluation_next_to_the_lora_pass_batches_like_the_host(a1111, case):
+    """gamma 0 runs the host's own pass on the base model; a gamma next to 0 runs the LoRA pass, the
+    adapter's own base evaluation and the blend. Both must agree with every way the host batches."""
+    prompts = use_case(a1111, case)
+    base_only = generate(a1111, [{"gamma": 0.0, "base_cfg": CFG}], prompts)
+    blended = generate(a1111, [{"gamma": 1e-9, "base_cfg": CFG}], prompts)
+    assert blended.generation.report.calls[Passes.BOTH] == STEPS
+    torch.testing.assert_close(blended.samples, base_only.samples, rtol=0, atol=1e-4)
+
+
+def test_finish_undoes_the_patches_and_leaves_the_model_as_a_plain_run_does(a1111):
+    plain = generate(a1111, batches=2)
+    state = model_state(a1111)
+    run = generate(a1111, [{"gamma": 1.5}], batches=2)
+    assert run.generation.report.calls[Passes.BOTH] == 2 * STEPS and run.generation.switch.switches > 2 * STEPS
+    for denoiser in run.denoisers:  # a sampler per batch, each patched
+        assert "combine_denoised" not in denoiser.__dict__
+        assert "forward" not in denoiser.inner_model.__dict__
+    assert run.p.__dict__.keys() == plain.p.__dict__.keys()
+    assert run.p.c is plain.p.c and run.p.uc is plain.p.uc, "the host's conds (one shared cache) must be back"
+    assert run.p.cached_c is plain.p.cached_c and run.p.cached_uc is plain.p.cached_uc
+    assert_same_state(state, a1111)
+    assert torch.equal(generate(a1111, batches=2).samples, plain.samples)
+
+
+def test_an_error_while_the_networks_are_off_leaves_the_next_run_as_a_fresh_one(a1111):
+    plain = generate(a1111)
+    state = model_state(a1111)
+    base_calls = []
+
+    def fail_in_the_third_base_evaluation(module, args):
+        if not a1111.networks.loaded_networks:
+            base_calls.append(1)
+            if len(base_calls) == 3:
+                raise RuntimeError("out of memory")
+    hook = a1111.sd_model.model.diffusion_model.register_forward_pre_hook(fail_in_the_third_base_evaluation)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        generate(a1111, [{"gamma": 1.5}])  # the WebUI skips postprocess then
+    hook.remove()
+    assert_same_state(state, a1111)
+    assert torch.equal(generate(a1111).samples, plain.samples)
+
+
+@pytest.mark.parametrize("args, name", [([True, 20.0], "gamma"), ([{"w1": "strong"}], "base_cfg"),
+                                        ([{"start": 0.6, "end": 0.4}], "start")])
+def test_bad_arguments_fail_the_generation_naming_the_parameter(a1111, args, name):
+    with pytest.raises(AutoLoraParamError, match=f"AutoLoRA: {name} must"):
+        generate(a1111, args)
+
+
+@pytest.mark.parametrize("args", [[False, 20.0], AutoLoraParams().to_args()])
+def test_disabled_arguments_leave_p_untouched(a1111, args):
+    p = a1111.processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
+    before, extra = dict(p.__dict__), dict(p.extra_generation_params)
+    a1111.webui.begin(p, args)
+    assert p.__dict__ == before and p.extra_generation_params == extra
+    assert torch.equal(generate(a1111, args).samples, generate(a1111).samples)
