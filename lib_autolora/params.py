@@ -29,6 +29,10 @@ class Field:
         """CFG fields: None (0 in the UI) means "use the generation's CFG scale"."""
         return self.name.endswith("_cfg")
 
+    def ui_form(self, value):
+        """A value as the UI shows it: a CFG scale that follows the generation's is 0 there."""
+        return 0.0 if self.follows_cfg and value is None else value
+
     @property
     def kind(self):
         if self.choices:
@@ -182,7 +186,7 @@ class AutoLoraParams:
 
     def to_args(self):
         """Positional values in UI form (0 for a CFG scale that follows the generation's)."""
-        return [0.0 if f.follows_cfg and getattr(self, f.name) is None else getattr(self, f.name) for f in FIELDS]
+        return [f.ui_form(getattr(self, f.name)) for f in FIELDS]
 
     def base_scale(self, cfg_scale):
         return cfg_scale if self.base_cfg is None else self.base_cfg

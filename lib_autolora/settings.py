@@ -10,14 +10,9 @@ def key(field):
     return f"autolora_default_{field.name}"
 
 
-def ui_value(field):
-    """A field's built-in default in UI form (0 for a CFG scale that follows the generation's)."""
-    return 0.0 if field.follows_cfg and field.default is None else field.default
-
-
 def defaults(opts):
     """Field name -> default from the settings; the parameters type reads 0 CFG as "follow"."""
-    return {field.name: opts.data.get(key(field), ui_value(field)) for field in FIELDS[1:]}
+    return {field.name: opts.data.get(key(field), field.ui_form(field.default)) for field in FIELDS[1:]}
 
 
 def console_summary(opts):
@@ -32,7 +27,7 @@ def add_settings(shared, gr):
             component, args = gr.Radio, {"choices": list(field.choices)}
         else:
             component, args = gr.Checkbox, {}
-        info = shared.OptionInfo(ui_value(field), f"Default {field.label}", component, args, section=SECTION)
+        info = shared.OptionInfo(field.ui_form(field.default), f"Default {field.label}", component, args, section=SECTION)
         shared.opts.add_option(key(field), info.info(field.hint))
     shared.opts.add_option(CONSOLE_SUMMARY, shared.OptionInfo(
         True, "Print one line per generation saying what AutoLoRA did", section=SECTION))
