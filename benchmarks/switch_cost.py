@@ -13,13 +13,12 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from a1111_like_lora import LoraHost, load_kohya  # noqa: E402
-from kohya_files import write_lora  # noqa: E402
+from tests.support.a1111_like_lora import LoraHost, load_kohya  # noqa: E402
+from tests.support.kohya_files import write_lora  # noqa: E402
 from lib_autolora.a1111_networks import NetworkSwitch  # noqa: E402
-from tiny_unet import TinyUNet  # noqa: E402
+from tests.support.tiny_unet import TinyUNet  # noqa: E402
 
 
 def main():

@@ -100,3 +100,16 @@ class TinyUNet(nn.Module):
 def make_tiny_unet(seed=0):
     torch.manual_seed(seed)
     return TinyUNet().eval()
+
+
+# Layers the tier-2 network files change, by kind of network
+LORA_LAYERS = [
+    "input_blocks.0", "input_blocks.1.in_layers.2", "input_blocks.2.proj_in",
+    "input_blocks.2.transformer_blocks.0.attn1.to_q", "input_blocks.2.transformer_blocks.0.attn2.to_k",
+    "input_blocks.2.transformer_blocks.0.attn2.to_v", "input_blocks.2.transformer_blocks.0.attn2.to_out.0",
+    "input_blocks.2.transformer_blocks.0.ff.0", "input_blocks.2.transformer_blocks.0.ff.2",
+    "middle_block.1.transformer_blocks.0.attn2.to_k", "output_blocks.1", "output_blocks.2.proj_out", "out.2",
+]
+LOHA_LAYERS = ["middle_block.1.transformer_blocks.0.ff.0", "output_blocks.2.transformer_blocks.0.attn2.to_q"]
+NORM_LAYERS = ["middle_block.0.in_layers.0", "output_blocks.2.transformer_blocks.0.norm2",
+               "input_blocks.2.transformer_blocks.0.attn1.to_q"]  # a Linear without bias gets one

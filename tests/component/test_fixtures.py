@@ -5,7 +5,7 @@ import re
 import safetensors.torch
 import torch
 
-import make_fixtures
+from tests.support import make_fixtures
 
 
 def test_checkpoint_avoids_nan_conditioning_and_constant_output():

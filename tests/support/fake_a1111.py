@@ -18,8 +18,8 @@ import zlib
 import torch
 from torch import nn
 
-from a1111_like_lora import LoraHost
-from tiny_unet import make_tiny_unet
+from tests.support.a1111_like_lora import LoraHost
+from tests.support.tiny_unet import make_tiny_unet
 
 CHUNK = 4  # tokens per prompt chunk (A1111: 77); longer prompts take more chunks
 

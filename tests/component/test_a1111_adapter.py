@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-import fake_a1111
+from tests.support import fake_a1111
 import lib_autolora
-from a1111_like_lora import load_kohya
-from kohya_files import write_lora
+from tests.support.a1111_like_lora import load_kohya
+from tests.support.kohya_files import write_lora
 from lib_autolora.guidance import Passes
 from lib_autolora.params import AutoLoraParamError, AutoLoraParams
-from test_network_switch import LORA_LAYERS
+from tests.support.tiny_unet import LORA_LAYERS
 
 CFG = 6.0
 STEPS = 4

@@ -4,21 +4,10 @@ import copy
 import pytest
 import torch
 
-from a1111_like_lora import LoraHost, load_kohya
-from kohya_files import write_lora, write_loha, write_norm
+from tests.support.a1111_like_lora import LoraHost, load_kohya
+from tests.support.kohya_files import write_lora, write_loha, write_norm
 from lib_autolora.a1111_networks import NetworkSwitch
-from tiny_unet import make_tiny_unet
-
-LORA_LAYERS = [
-    "input_blocks.0", "input_blocks.1.in_layers.2", "input_blocks.2.proj_in",
-    "input_blocks.2.transformer_blocks.0.attn1.to_q", "input_blocks.2.transformer_blocks.0.attn2.to_k",
-    "input_blocks.2.transformer_blocks.0.attn2.to_v", "input_blocks.2.transformer_blocks.0.attn2.to_out.0",
-    "input_blocks.2.transformer_blocks.0.ff.0", "input_blocks.2.transformer_blocks.0.ff.2",
-    "middle_block.1.transformer_blocks.0.attn2.to_k", "output_blocks.1", "output_blocks.2.proj_out", "out.2",
-]
-LOHA_LAYERS = ["middle_block.1.transformer_blocks.0.ff.0", "output_blocks.2.transformer_blocks.0.attn2.to_q"]
-NORM_LAYERS = ["middle_block.0.in_layers.0", "output_blocks.2.transformer_blocks.0.norm2",
-               "input_blocks.2.transformer_blocks.0.attn1.to_q"]  # a Linear without bias gets one
+from tests.support.tiny_unet import LOHA_LAYERS, LORA_LAYERS, NORM_LAYERS, make_tiny_unet
 
 
 def mha_lora(path, model, layer="input_blocks.2.transformer_blocks.0.mha"):

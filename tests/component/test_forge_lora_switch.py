@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
-from forge_like_lora import ForgeLikeLoader, get_attr, set_attr
+from tests.support.forge_like_lora import ForgeLikeLoader, get_attr, set_attr
 from lib_autolora.forge_lora import ForgeLoraSwitch
-from tiny_unet import make_tiny_unet
+from tests.support.tiny_unet import make_tiny_unet
 
 MERGED = ["input_blocks.0.weight", "input_blocks.2.transformer_blocks.0.attn2.to_k.weight",
           "input_blocks.2.transformer_blocks.0.ff.0.weight", "middle_block.0.in_layers.2.weight", "out.2.weight",
