@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lib_autolora.params import AutoLoraParams  # noqa: E402
+from lib_autolora.core.params import AutoLoraParams  # noqa: E402
 from tests.live.webui import WebUI  # noqa: E402
 
 

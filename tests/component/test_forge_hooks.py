@@ -7,9 +7,11 @@ import types
 import pytest
 import torch
 
-from lib_autolora import forge_hooks, guidance, hosts
-from lib_autolora.guidance import Passes
-from lib_autolora.params import AutoLoraParams
+from lib_autolora import hosts
+from lib_autolora.core import guidance
+from lib_autolora.hosts.forge import hooks as forge_hooks
+from lib_autolora.core.guidance import Passes
+from lib_autolora.core.params import AutoLoraParams
 
 HOST_SCALE = 7.0
 

@@ -7,9 +7,9 @@ import torch
 
 from tests.support.a1111_like_lora import LoraHost, load_kohya
 from tests.support.kohya_files import write_lora
-from lib_autolora import guidance
-from lib_autolora.a1111_networks import NetworkSwitch
-from lib_autolora.params import AutoLoraParams
+from lib_autolora.core import guidance
+from lib_autolora.hosts.a1111.networks import NetworkSwitch
+from lib_autolora.core.params import AutoLoraParams
 from tests.support.tiny_unet import LORA_LAYERS
 from tests.support.tiny_unet import make_tiny_unet
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_autolora import metrics
+from lib_autolora.tools import metrics
 
 
 def test_identical_features_have_diversity_zero():

@@ -6,7 +6,7 @@ import torch
 
 from tests.support.a1111_like_lora import LoraHost, load_kohya
 from tests.support.kohya_files import write_lora, write_loha, write_norm
-from lib_autolora.a1111_networks import NetworkSwitch
+from lib_autolora.hosts.a1111.networks import NetworkSwitch
 from tests.support.tiny_unet import LOHA_LAYERS, LORA_LAYERS, NORM_LAYERS, make_tiny_unet
 
 

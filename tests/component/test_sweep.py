@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_autolora import metrics, sweep
-from lib_autolora.params import AutoLoraParams
+from lib_autolora.tools import metrics, sweep, vlm
+from lib_autolora.core.params import AutoLoraParams
 
 LORA = "stub_lora"
 
@@ -198,18 +198,18 @@ def test_progress_bar_counts_to_the_end(swept):
     ('{"score": [score between 0 and 5]}', ["score"], {"score": None}),
 ])
 def test_parse_scores(reply, keys, expected):
-    assert sweep.parse_scores(reply, keys) == expected
+    assert vlm.parse_scores(reply, keys) == expected
 
 
 def test_vlm_prompts_are_appendix_a():
-    cps = sweep.vlm_prompt("cps")
+    cps = vlm.vlm_prompt("cps")
     assert "* 5: The image contains a character that is unmistakably Princess Anna" in cps
     assert '"score": [score between 0 and 5]' in cps
-    pc_sa = sweep.vlm_prompt("pc-sa", prompt="a mermaid on a throne, pixel art style")
+    pc_sa = vlm.vlm_prompt("pc-sa", prompt="a mermaid on a throne, pixel art style")
     assert pc_sa.startswith("Evaluate the given image for the prompt a mermaid on a throne, pixel art style and the pixel art style")
     assert '"style_adherence": [the style adherence score from 0 to 5]' in pc_sa
     assert '{\n  "score"' in cps and "{character}" not in cps  # literal braces kept, fields filled
-    assert sweep.vlm_prompt("cps", character="Elsa", work="Frozen").startswith("Evaluate the presence of Elsa from Frozen")
+    assert vlm.vlm_prompt("cps", character="Elsa", work="Frozen").startswith("Evaluate the presence of Elsa from Frozen")
 
 
 def test_bad_settings_fail_before_any_request(tmp_path):

@@ -1,4 +1,4 @@
-"""A small stand-in for what lib_autolora.webui and lib_autolora.a1111 import from AUTOMATIC1111's
+"""A small stand-in for what lib_autolora.hosts (common, a1111) imports from AUTOMATIC1111's
 WebUI (v1.10.1), written from its behaviour (no WebUI code), for tier-2 tests: prompt schedules
 (`[a:b:N]`) and AND sub-prompts (`:weight`); `setup_conds` through a cache shared by all generations,
 encoding with a tiny text encoder of torch layers; a CFGDenoiser whose `forward` has the real one's

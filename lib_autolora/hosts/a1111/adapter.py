@@ -11,8 +11,9 @@ import functools
 
 import torch
 
-from lib_autolora import guidance, webui
-from lib_autolora.a1111_networks import NetworkSwitch, network_names
+from lib_autolora.core import guidance
+from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
+from lib_autolora.hosts.common import CommonGeneration
 
 from modules import shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
@@ -37,9 +38,9 @@ def _condition(cond, image_cond):
     return {"c_crossattn": [cond], "c_concat": [image_cond]}
 
 
-class A1111Generation(webui.Generation):
-    def __init__(self, p, params):
-        super().__init__(p, params)
+class A1111Generation(CommonGeneration):
+    def __init__(self, p, params, opts):
+        super().__init__(p, params, opts)
         self.model = None
         self.denoiser = None
         self.denoiser_params = None

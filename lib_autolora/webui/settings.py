@@ -1,6 +1,6 @@
 """Settings → AutoLoRA: defaults for the controls, and whether the console line is printed.
 Values are read from the options' data, so they work before and after the section is built."""
-from lib_autolora.params import FIELDS
+from lib_autolora.core.params import FIELDS
 
 SECTION = ("autolora", "AutoLoRA")
 CONSOLE_SUMMARY = "autolora_console_summary"

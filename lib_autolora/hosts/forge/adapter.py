@@ -13,8 +13,10 @@ import math
 
 import torch
 
-from lib_autolora import forge_hooks, guidance, webui
-from lib_autolora.forge_lora import ForgeLoraSwitch
+from lib_autolora.core import guidance
+from lib_autolora.hosts.common import CommonGeneration
+from lib_autolora.hosts.forge import hooks as forge_hooks
+from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 
 from backend import utils as backend_utils
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
@@ -45,9 +47,9 @@ def _host_cond_scale(denoiser, sigma):
     return p.hr_cfg if p.is_hr_pass else extra["cond_scale"]
 
 
-class ForgeGeneration(webui.Generation):
-    def __init__(self, p, params):
-        super().__init__(p, params)
+class ForgeGeneration(CommonGeneration):
+    def __init__(self, p, params, opts):
+        super().__init__(p, params, opts)
         self.step_base_conds = None
         self.host_scale = None
 

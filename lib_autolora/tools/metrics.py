@@ -3,7 +3,7 @@
     Diversity(X) = 1 - 2 / (N (N - 1)) * sum_{i<j} cos(f(x_i), f(x_j))
     Div-X        = Diversity * mean score X   (X: CPS, PC or SA, each 0-5)
 
-    python -m lib_autolora.metrics diversity DIR [DIR ...] [--features dinov2|pixels] [--scores scores.csv]
+    python -m lib_autolora.tools.metrics diversity DIR [DIR ...] [--features dinov2|pixels] [--scores scores.csv]
 
 f is an image feature extractor. The paper uses DINOv2 (facebook/dinov2-giant); `--features
 dinov2` (the default) uses it through `transformers` when that is installed and the model is in the
@@ -143,7 +143,7 @@ def folder_scores(paths, scores):
 # ----------------------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lib_autolora.metrics", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib_autolora.tools.metrics", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("diversity", help="Eq. 8 per folder of images (one folder = one set X)")
     command.add_argument("folders", nargs="+", metavar="DIR")

@@ -1,5 +1,5 @@
 """What AutoLoRA did in one generation, for the console line the user reads."""
-from lib_autolora.guidance import Passes
+from lib_autolora.core.guidance import Passes
 
 
 class RunReport:
