@@ -29,7 +29,7 @@ def main():
         "AutoLoRA gamma 1.5": {**payload, "alwayson_scripts": {"autolora": {"args": AutoLoraParams(True).to_args()}}},
     }
     times = {name: [] for name in variants}
-    for name, request in variants.items():  # warm-up
+    for request in variants.values():  # warm-up
         webui.txt2img(request)
     for _ in range(args.repeats):
         for name, request in variants.items():

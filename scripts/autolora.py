@@ -4,6 +4,7 @@ import gradio as gr
 from lib_autolora import hosts
 from lib_autolora.core.params import FIELDS
 from lib_autolora.webui import lifecycle, settings, ui, xyz
+
 from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 

@@ -41,8 +41,17 @@ import torch
 from lib_autolora.core import guidance
 from lib_autolora.tools.demo_drawing import draw
 from lib_autolora.tools.metrics import diversity_from_similarity
-from lib_autolora.tools.toy_model import (CENTERS, LORA_RADIUS, NO_LABEL, RING, Denoiser, lora_examples,
-                                          make_dataset, ring, train)
+from lib_autolora.tools.toy_model import (
+    CENTERS,
+    LORA_RADIUS,
+    NO_LABEL,
+    RING,
+    Denoiser,
+    lora_examples,
+    make_dataset,
+    ring,
+    train,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +215,8 @@ def report(result):
     columns = ("diversity", "on_domain", "coverage", "near_train", "div_on")
 
     def cells(figures):
-        return "  ".join(f"{figures[k]:7.3f}" if k in ("diversity", "div_on") else f"{figures[k]:7.0%}" for k in columns)
+        return "  ".join(f"{figures[k]:7.3f}" if k in ("diversity", "div_on") else f"{figures[k]:7.0%}"
+                         for k in columns)
 
     head = "  ".join(f"{name:>7}" for name in ("divers.", "on-dom.", "cover.", "n-train", "div*on"))
     base = result.sets[0].figures
@@ -248,8 +258,8 @@ def parse_args(argv):
     for field in dataclasses.fields(DemoConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "lora_weights":
-            parser.add_argument(flag, type=lambda text: tuple(float(v) for v in text.split(",")),
-                                default=field.default, help="comma-separated, default " + ",".join(map(str, field.default)))
+            parser.add_argument(flag, type=lambda text: tuple(float(v) for v in text.split(",")), default=field.default,
+                                help="comma-separated, default " + ",".join(map(str, field.default)))
         else:
             kind = int if isinstance(field.default, int) else float
             parser.add_argument(flag, type=kind, default=field.default, help=f"default {field.default}")

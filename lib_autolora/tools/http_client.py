@@ -3,6 +3,7 @@ import json
 import urllib.error
 import urllib.request
 
+
 class HttpError(Exception):
     def __init__(self, url, status, body):
         super().__init__(f"{url}: HTTP {status}: {body[:500]}")

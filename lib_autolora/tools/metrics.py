@@ -137,7 +137,8 @@ def read_scores(path, column="score"):
 
 
 def folder_scores(paths, scores):
-    return [scores[os.path.normpath(os.path.abspath(p))] for p in paths if os.path.normpath(os.path.abspath(p)) in scores]
+    keys = [os.path.normpath(os.path.abspath(p)) for p in paths]
+    return [scores[key] for key in keys if key in scores]
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -151,7 +152,8 @@ def main(argv=None):
                          help="feature extractor f (default dinov2, falling back to pixels with a note)")
     command.add_argument("--dinov2-model", default=DEFAULT_DINOV2, help=f"default {DEFAULT_DINOV2} (the paper's)")
     command.add_argument("--allow-download", action="store_true", help="let transformers download the DINOv2 model")
-    command.add_argument("--scores", help="CSV with a file column and a score column: adds Div-X = diversity * mean score")
+    command.add_argument("--scores",
+                         help="CSV with a file column and a score column: adds Div-X = diversity * mean score")
     command.add_argument("--score-column", default="score", help="score column of --scores (default: score)")
     args = parser.parse_args(argv)
 

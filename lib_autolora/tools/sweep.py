@@ -37,7 +37,6 @@ from lib_autolora.tools import metrics
 from lib_autolora.tools.http_client import HttpError, http_json
 from lib_autolora.tools.vlm import VLM_PROMPTS, VlmScorer
 
-
 # ------------------------------------------------------------------------------------ grid
 
 def parse_list(text, kind=float):
@@ -260,7 +259,8 @@ def parse_args(argv=None):
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--lora", required=True, help="the LoRA's name as in <lora:NAME:weight>")
     parser.add_argument("--lora-weights", type=parse_list, default=[0.8], help="comma-separated (default 0.8)")
-    parser.add_argument("--gammas", type=parse_list, default=[1.0, 1.5], help="comma-separated (default 1,1.5; 1 = plain LoRA)")
+    parser.add_argument("--gammas", type=parse_list, default=[1.0, 1.5],
+                        help="comma-separated (default 1,1.5; 1 = plain LoRA)")
     parser.add_argument("--w1", type=parse_list, default=[0.0], help="base CFG values (default 0 = the CFG scale)")
     parser.add_argument("--w2", type=parse_list, default=[0.0], help="LoRA CFG values (default 0 = the CFG scale)")
     parser.add_argument("--start", type=float, default=0.0)
@@ -279,7 +279,8 @@ def parse_args(argv=None):
     parser.add_argument("--vlm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--vlm-model", help="model name for the endpoint")
     parser.add_argument("--vlm-prompt", choices=sorted(VLM_PROMPTS), default="cps",
-                        help="cps: Appendix A.1 character presence; pc-sa: A.2 prompt correspondence and style adherence")
+                        help="cps: Appendix A.1 character presence; "
+                             "pc-sa: A.2 prompt correspondence and style adherence")
     parser.add_argument("--character", default="Princess Anna", help="for --vlm-prompt cps")
     parser.add_argument("--work", default="Disney’s Frozen movie", help="for --vlm-prompt cps")
     parser.add_argument("--style", default="pixel art", help="for --vlm-prompt pc-sa")

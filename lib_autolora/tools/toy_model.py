@@ -62,7 +62,8 @@ class LoraLinear(nn.Module):
     def __init__(self, linear, rank, generator):
         super().__init__()
         self.linear, self.weight = linear, 0.0
-        self.down = nn.Parameter(torch.randn(rank, linear.in_features, generator=generator) / math.sqrt(linear.in_features))
+        down = torch.randn(rank, linear.in_features, generator=generator) / math.sqrt(linear.in_features)
+        self.down = nn.Parameter(down)
         self.up = nn.Parameter(torch.zeros(linear.out_features, rank))
 
     def forward(self, x):

@@ -67,7 +67,8 @@ class A1111Generation(CommonGeneration):
         denoiser = p.sampler.model_wrap_cfg
         if denoiser is not self.denoiser:
             self.denoiser = denoiser
-            self.patch(denoiser, "combine_denoised", functools.partial(self.combine_denoised, denoiser.combine_denoised))
+            combine = functools.partial(self.combine_denoised, denoiser.combine_denoised)
+            self.patch(denoiser, "combine_denoised", combine)
             inner = denoiser.inner_model  # an nn.Module: its instance `forward` is what calls reach
             self.patch(inner, "forward", functools.partial(_counting_forward, self, inner.forward))
 
@@ -122,7 +123,8 @@ class A1111Generation(CommonGeneration):
             if skipped or tensor.shape[1] == uncond.shape[1]:
                 cond_in = tensor if skipped else catenate_conds([tensor, uncond])
                 chunk = rows if opts.batch_cond_uncond else batch_size
-                out = torch.cat([run(a, a + chunk, subscript_cond(cond_in, a, a + chunk)) for a in range(0, rows, chunk)])
+                out = torch.cat([run(a, a + chunk, subscript_cond(cond_in, a, a + chunk))
+                                 for a in range(0, rows, chunk)])
             else:
                 chunk = batch_size * 2 if opts.batch_cond_uncond else batch_size
                 cond_rows = tensor.shape[0]

@@ -68,9 +68,11 @@ class ForgeGeneration(CommonGeneration):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
-        explicit = [w for w in (self.pass_params.base_cfg, self.pass_params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
+        scales = (self.pass_params.base_cfg, self.pass_params.lora_cfg)
+        explicit = [w for w in scales if w is not None and not math.isclose(w, 1.0)]
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
-            return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, so w1/w2 other than 1 cannot apply")
+            return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, "
+                                    "so w1/w2 other than 1 cannot apply")
         if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
             return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
                                     "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
