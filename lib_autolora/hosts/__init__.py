@@ -1,5 +1,7 @@
-"""One sub-package per host family. Which one runs is decided here, from what imports, never from
-version strings; no adapter imports this module.
+"""One sub-package per host family, and modules that families share (`common`: A1111's module API;
+`patcher_hooks`, `weight_switch`: what a ComfyUI-style UNet patcher needs, host-free). Which
+family runs is decided here, from what imports, never from version strings; no adapter imports
+this module.
 
 Each family's package states in REQUIRES what of the WebUI its adapter uses, as (file, text that
 file holds, what provides it), so `install.py` can name what an unsupported WebUI lacks before the
