@@ -50,22 +50,35 @@ class LdmPatchedGeneration(CommonGeneration):
         unet = sd_model.forge_objects.unet
         if patcher_hooks.installed(unet.model_options):
             return
-        if sd_model.cond_stage_key == "edit":
-            return self.stand_aside("InstructPix2Pix edit models are not supported")
-        if getattr(self.opts, "dynamic_clip_skip_enabled", False):
-            return self.stand_aside("reForge's dynamic clip skip changes the conds per step, "
-                                    "which AutoLoRA does not follow")
+        reason = self._unsupported(sd_model, unet)
+        if reason is not None:
+            return self.stand_aside(reason)
         low_vram_patch = getattr(model_patcher, "LowVramPatch", None)  # reForge's; Classic has none
         self.use_switch(lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch), unet.model)
         self.report.networks = [n.name for n in loaded]
         self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), p.get_conds())
+        sd_model.forge_objects.unet = self._hooked(unet, _pass_scale(p))
+
+    def _unsupported(self, sd_model, unet):
+        """Why AutoLoRA cannot guide this pass, or None."""
+        if sd_model.cond_stage_key == "edit":
+            return "InstructPix2Pix edit models are not supported"
+        if getattr(self.opts, "dynamic_clip_skip_enabled", False):
+            return "reForge's dynamic clip skip changes the conds per step, which AutoLoRA does not follow"
+        if not unet.patches and not sd_model.forge_objects.clip.patcher.patches:
+            return ("the WebUI applied none of the prompt's LoRA weights (Forge Classic leaves out a LoRA file "
+                    "with more than 12 keys it cannot match)")
+        return None
+
+    def _hooked(self, unet, pass_scale):
+        """A clone of the UNet patcher with AutoLoRA's hooks and the scale recorder."""
         unet = unet.clone()
-        patcher_hooks.install(unet.model_options, self)
         options = unet.model_options
+        patcher_hooks.install(options, self)
         options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [sampling.scale_recorder(self)]
-        if patcher_hooks.explicit_scales(self.pass_params) and math.isclose(_pass_scale(p), 1.0):
+        if patcher_hooks.explicit_scales(self.pass_params) and math.isclose(pass_scale, 1.0):
             options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
-        sd_model.forge_objects.unet = unet
+        return unet
 
     # -- per denoiser call --
 
