@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
-from tests.support.forge_like_lora import ForgeLikeLoader, get_attr, set_attr
+from tests.support.forge_like_lora import ForgeLikeLoader, get_attr
 from tests.support.tiny_unet import make_tiny_unet
 
 MERGED = ["input_blocks.0.weight", "input_blocks.2.transformer_blocks.0.attn2.to_k.weight",
@@ -24,7 +24,7 @@ def setup():
     loader.refresh(patches, online=set(ONLINE))
     torch.manual_seed(1)
     inputs = (torch.randn(2, 4, 8, 8), torch.tensor([3.0, 3.0]), torch.randn(2, 5, 24))
-    return plain, model, ForgeLoraSwitch(model, get_attr, set_attr), inputs
+    return plain, model, ForgeLoraSwitch(model), inputs
 
 
 @torch.no_grad()

@@ -7,8 +7,12 @@ NOTICE = "#autolora_txt2img_notice .autolora-notice"
 
 
 def enable(page, on=True):
-    box = page.locator("#autolora_txt2img_enabled .input-accordion-checkbox").first
-    box.scroll_into_view_if_needed()
+    """Ticks or unticks the header's box with the accordion open: the notices are inside it."""
+    accordion = page.locator("#autolora_txt2img_enabled")
+    accordion.scroll_into_view_if_needed()
+    if not accordion.locator(".label-wrap.open").count():
+        accordion.locator(".label-wrap").first.click()  # opening it ticks the box
+    box = accordion.locator(".input-accordion-checkbox").first
     if box.is_checked() != on:
         box.click()
     page.wait_for_timeout(300)

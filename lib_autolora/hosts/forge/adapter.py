@@ -1,39 +1,27 @@
 """Forge adapter: everything that touches Forge's backend.
 
 Forge computes CFG inside `backend.sampling.sampling_function` and never fires on_cfg_denoised.
-Per sampling pass a clone of the UNet patcher gets a post-CFG function (first in the list, so it
-sees the host's raw result) that evaluates the base model with `calc_cond_uncond_batch`, the call
-Forge's own PAG and SAG use, with the prompt's LoRA patches switched off; and a model function
-wrapper that runs base-only calls with the patches off. LoRA-only and base-only calls return the
-host's own result, so gamma 1 and gamma 0 match plain generations bit for bit.
+Per sampling pass a clone of the UNet patcher gets the hooks of `hosts.patcher_hooks`: a post-CFG
+function (first in the list, so it sees the host's raw result) that evaluates the base model with
+`calc_cond_uncond_batch`, the call Forge's own PAG and SAG use, with the prompt's LoRA patches
+switched off; and a model function wrapper that runs base-only calls with the patches off.
+LoRA-only and base-only calls return the host's own result, so gamma 1 and gamma 0 match plain
+generations bit for bit.
 """
-import contextlib
 import functools
 import math
 
 import torch
 
-from lib_autolora.core import guidance
+import lib_autolora.hosts.patcher_hooks as patcher_hooks
 from lib_autolora.hosts.common import CommonGeneration
-from lib_autolora.hosts.forge import hooks as forge_hooks
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 
-from backend import utils as backend_utils
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
 from modules import shared
 
 FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@contextlib.contextmanager
-def _original_text_encoder(sd_model):
-    lora_clip = sd_model.forge_objects.clip
-    sd_model.forge_objects.clip = sd_model.forge_objects_original.clip
-    try:
-        yield
-    finally:
-        sd_model.forge_objects.clip = lora_clip
 
 
 def _host_cond_scale(denoiser, sigma):
@@ -64,24 +52,22 @@ class ForgeGeneration(CommonGeneration):
             return
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
-        if forge_hooks.installed(unet.model_options):
+        if patcher_hooks.installed(unet.model_options):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
-        scales = (self.pass_params.base_cfg, self.pass_params.lora_cfg)
-        explicit = [w for w in scales if w is not None and not math.isclose(w, 1.0)]
+        explicit = patcher_hooks.explicit_scales(self.pass_params)
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
             return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, "
                                     "so w1/w2 other than 1 cannot apply")
         if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
             return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
                                     "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
-        self.use_switch(lambda: ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw),
-                        unet.model)
+        self.use_switch(lambda: ForgeLoraSwitch(unet.model), unet.model)
         self.report.networks = [n.name for n in loaded]
-        self.set_base_conds(p, functools.partial(_original_text_encoder, sd_model), (c, uc))
+        self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
-        forge_hooks.install(unet.model_options, self)
+        patcher_hooks.install(unet.model_options, self)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
         sd_model.forge_objects.unet = unet
@@ -94,29 +80,10 @@ class ForgeGeneration(CommonGeneration):
         self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
         self.step_base_conds = self.begin_call(params)
 
-    def model_function(self, previous, apply_model, args):
-        def run():
-            if previous is not None:
-                return previous(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
-
-        if self.step_passes is guidance.Passes.BASE:
-            with self.switch.networks_off():
-                return run()
-        return run()
-
-    def post_cfg(self, args):
-        if self.step_passes is None or self.report.not_applied:
-            return args["denoised"]
-        return forge_hooks.combine(args, self.step_passes, self.pass_params, self.host_scale, self._evaluate_base)
-
-    def _evaluate_base(self, args, with_uncond):
+    def evaluate_base(self, args, with_uncond):
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
-        conds_list, tensor, uncond = self.step_base_conds
-        cond_in = forge_hooks.inherit(compile_weighted_conditions(tensor, conds_list), args["cond"])
-        uncond_in = None
-        if with_uncond and uncond is not None:
-            uncond_in = forge_hooks.inherit(compile_conditions(uncond), args["uncond"])
+        cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
+                                                      compile_weighted_conditions, compile_conditions)
         with self.switch.networks_off():
             return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
                                           args["model_options"])
