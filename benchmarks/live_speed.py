@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lib_autolora.params import AutoLoraParams  # noqa: E402
+from lib_autolora.core.params import AutoLoraParams  # noqa: E402
 from tests.live.webui import WebUI  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main():
         "AutoLoRA gamma 1.5": {**payload, "alwayson_scripts": {"autolora": {"args": AutoLoraParams(True).to_args()}}},
     }
     times = {name: [] for name in variants}
-    for name, request in variants.items():  # warm-up
+    for request in variants.values():  # warm-up
         webui.txt2img(request)
     for _ in range(args.repeats):
         for name, request in variants.items():

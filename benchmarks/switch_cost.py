@@ -15,9 +15,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from lib_autolora.hosts.a1111.networks import NetworkSwitch  # noqa: E402
 from tests.support.a1111_like_lora import LoraHost, load_kohya  # noqa: E402
 from tests.support.kohya_files import write_lora  # noqa: E402
-from lib_autolora.a1111_networks import NetworkSwitch  # noqa: E402
 from tests.support.tiny_unet import TinyUNet  # noqa: E402
 
 

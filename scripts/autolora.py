@@ -1,11 +1,17 @@
 """AutoLoRA guidance for the WebUI: the script's hooks; the logic is in lib_autolora."""
 import gradio as gr
 
-from lib_autolora import settings, ui, webui, xyz
-from lib_autolora.params import FIELDS
-from modules import script_callbacks, scripts, shared
+from lib_autolora import hosts
+from lib_autolora.core.params import FIELDS
+from lib_autolora.webui import lifecycle, settings, ui, xyz
 
-webui.install_callbacks()
+from modules import script_callbacks, scripts, shared
+from modules.ui_components import InputAccordion
+
+GENERATION = hosts.generation_class()
+SWITCHED_OFF = getattr(shared.cmd_opts, "autolora_off", False)  # preload.py's option
+
+script_callbacks.on_cfg_denoiser(lifecycle.on_cfg_denoiser)
 script_callbacks.on_ui_settings(lambda: settings.add_settings(shared, gr))
 
 
@@ -26,16 +32,16 @@ class AutoLoraScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        components = ui.build("img2img" if is_img2img else "txt2img", shared.opts)
+        components = ui.build("img2img" if is_img2img else "txt2img", shared.opts, InputAccordion, SWITCHED_OFF)
         self.infotext_fields = ui.infotext_fields(components)
         self.paste_field_names = [field.infotext for field in FIELDS]
         return components
 
     def process(self, p, *args):
-        webui.begin(p, args)
+        lifecycle.begin(p, args, shared.opts, GENERATION, SWITCHED_OFF)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        webui.prepare_pass(p)
+        lifecycle.prepare_pass(p)
 
     def postprocess(self, p, processed, *args):
-        webui.finish(p)
+        lifecycle.finish(p)

@@ -1,19 +1,20 @@
-"""Tier 2: the A1111 adapter (lib_autolora.webui + lib_autolora.a1111) driven through its script
-hooks on a fake WebUI (fake_a1111): a CFG denoiser built like A1111's around a small UNet, a text
-encoder of torch layers and a kohya LoRA on both, merged by a stand-in for the Lora extension."""
+"""Tier 2: the A1111 adapter (lib_autolora.webui.lifecycle + lib_autolora.hosts.a1111) driven through
+its script hooks on a fake WebUI (fake_a1111): a CFG denoiser built like A1111's around a small UNet,
+a text encoder of torch layers and a kohya LoRA on both, merged by a stand-in for the Lora extension."""
 import collections
+import functools
 import importlib
 import sys
 
 import pytest
 import torch
 
+from lib_autolora.core.guidance import Passes
+from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
+from lib_autolora.webui import lifecycle
 from tests.support import fake_a1111
-import lib_autolora
 from tests.support.a1111_like_lora import load_kohya
 from tests.support.kohya_files import write_lora
-from lib_autolora.guidance import Passes
-from lib_autolora.params import AutoLoraParamError, AutoLoraParams
 from tests.support.tiny_unet import LORA_LAYERS
 
 CFG = 6.0
@@ -22,27 +23,36 @@ PROMPTS = ["a cat AND a red hat :0.5", "a [dog:fox:2]"]  # an AND prompt and a p
 LONG_PROMPTS = ["a cat sitting on a mat AND a red hat :0.5", "a [dog:fox:2]"]  # the cond takes two chunks
 NEGATIVES = ["blurry", "ugly"]
 TE_LAYERS = ["cond_stage_model.layers.0", "cond_stage_model.layers.2"]
-ADAPTER_MODULES = ("lib_autolora.webui", "lib_autolora.a1111")
+HOST_MODULES = ("lib_autolora.hosts.common", "lib_autolora.hosts.a1111.adapter")  # import the fake WebUI
 Run = collections.namedtuple("Run", "samples p generation denoisers")
+
+
+def _drop_host_modules():
+    for name in HOST_MODULES:
+        sys.modules.pop(name, None)
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules and hasattr(sys.modules[parent], child):
+            delattr(sys.modules[parent], child)
 
 
 @pytest.fixture
 def a1111(monkeypatch, tmp_path):
-    """The fake WebUI with the adapter imported against it and its callback installed; a kohya LoRA
-    on the text encoder and UNet as `a1111.style`. Afterwards the adapter modules are dropped again."""
+    """The fake WebUI with the adapter imported against it and the script's callback registered; a
+    kohya LoRA on the text encoder and UNet as `a1111.style`. Afterwards the adapter is dropped again."""
     fake = fake_a1111.install(monkeypatch)
-    for name in ADAPTER_MODULES:
-        sys.modules.pop(name, None)
-    fake.webui = importlib.import_module("lib_autolora.webui")
-    fake.webui.install_callbacks()
+    _drop_host_modules()
+    adapter = importlib.import_module("lib_autolora.hosts.a1111.adapter")
+    fake.begin = functools.partial(_begin, fake.shared.opts, adapter.A1111Generation)
+    fake_a1111.script_callbacks.on_cfg_denoiser(lifecycle.on_cfg_denoiser)  # as scripts/autolora.py does
     layers = TE_LAYERS + ["model.diffusion_model." + name for name in LORA_LAYERS]
     fake.style = load_kohya(write_lora(tmp_path / "style.safetensors", fake.sd_model, layers), "style")
     yield fake
-    for name in ADAPTER_MODULES:
-        sys.modules.pop(name, None)
-        if hasattr(lib_autolora, name.split(".")[1]):
-            delattr(lib_autolora, name.split(".")[1])
+    _drop_host_modules()
     assert not fake.callback_errors, "the cfg_denoiser callback raised (the WebUI would only log it)"
+
+
+def _begin(opts, generation_class, p, args):
+    lifecycle.begin(p, args, opts, generation_class)
 
 
 def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1):
@@ -52,9 +62,9 @@ def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1):
     loaded = [a1111.style] if networks else []
     p = a1111.processing.StableDiffusionProcessing(prompts, NEGATIVES, steps=STEPS, cfg_scale=CFG,
                                                    extra_network_data=tuple(n.name for n in loaded))
-    p.before_every_sampling.append(a1111.webui.prepare_pass)  # process_before_every_sampling
+    p.before_every_sampling.append(lifecycle.prepare_pass)  # process_before_every_sampling
     if args is not None:
-        a1111.webui.begin(p, args)  # process
+        a1111.begin(p, args)  # process
     samples, denoisers = [], []
     for _ in range(batches):
         a1111.networks.loaded_networks[:] = loaded  # extra_networks.activate
@@ -62,8 +72,8 @@ def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1):
             p.setup_conds()
             samples.append(p.sample(p.c, p.uc))
         denoisers.append(p.sampler.model_wrap_cfg)
-    generation = getattr(p, a1111.webui.ATTRIBUTE, None)
-    a1111.webui.finish(p)  # postprocess
+    generation = getattr(p, lifecycle.ATTRIBUTE, None)
+    lifecycle.finish(p)  # postprocess
     return Run(torch.cat(samples), p, generation, denoisers)
 
 
@@ -192,6 +202,17 @@ def test_bad_arguments_fail_the_generation_naming_the_parameter(a1111, args, nam
 def test_disabled_arguments_leave_p_untouched(a1111, args):
     p = a1111.processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
     before, extra = dict(p.__dict__), dict(p.extra_generation_params)
-    a1111.webui.begin(p, args)
+    a1111.begin(p, args)
     assert p.__dict__ == before and p.extra_generation_params == extra
     assert torch.equal(generate(a1111, args).samples, generate(a1111).samples)
+
+
+@pytest.mark.parametrize("args", [[{"gamma": 2.0}], [{"gamma": -1}]])
+def test_switched_off_server_generates_as_usual_and_says_so(a1111, args, capsys):
+    p = a1111.processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
+    before, extra = dict(p.__dict__), dict(p.extra_generation_params)
+    lifecycle.begin(p, args, a1111.shared.opts, object, switched_off=True)  # no Generation may be made
+    assert p.__dict__ == before and p.extra_generation_params == extra
+    assert "the server runs with --autolora-off" in capsys.readouterr().out
+    lifecycle.begin(p, [False], a1111.shared.opts, object, switched_off=True)
+    assert capsys.readouterr().out == ""

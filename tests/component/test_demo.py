@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_autolora import demo, guidance
+from lib_autolora.core import guidance
+from lib_autolora.tools import demo, demo_drawing, toy_model
 
 SMALL = demo.DemoConfig(base_steps=150, lora_steps=40, batch=128, hidden=32, samples=48, sampling_steps=6,
                         lora_weights=(0.7, 1.0))
@@ -44,14 +45,14 @@ def test_one_sample_set_per_sampler_and_weight(small_run):
 
 def test_writes_one_png_with_three_panels(small_run, tmp_path):
     path = tmp_path / "demo.png"
-    demo.draw(small_run, path, size=200)
+    demo_drawing.draw(small_run, path, size=200)
     with Image.open(path) as image:
         image.verify()
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] == 3 * 200
         pixels = np.asarray(image.convert("RGB"))
-    assert (pixels == demo.SAMPLE_BLUE).all(axis=2).any()  # samples were drawn
-    assert (pixels == demo.LORA_RED).all(axis=2).any()  # the LoRA's points were marked
+    assert (pixels == demo_drawing.SAMPLE_BLUE).all(axis=2).any()  # samples were drawn
+    assert (pixels == demo_drawing.LORA_RED).all(axis=2).any()  # the LoRA's points were marked
 
 
 def test_cli_prints_the_table_and_a_verdict(tmp_path, capsys):
@@ -104,13 +105,13 @@ def test_autolora_sampler_uses_the_extension_core(monkeypatch):
 
 def test_autolora_denoiser_is_algorithm_2_with_the_lora_off_for_the_base_pass():
     torch.manual_seed(0)
-    model = demo.Denoiser(hidden=16, sigma_data=1.0)
+    model = toy_model.Denoiser(hidden=16, sigma_data=1.0)
     base = copy.deepcopy(model)
     model.add_lora(rank=2, generator=torch.Generator().manual_seed(0))
     for layer in model.lora_layers():
         torch.nn.init.normal_(layer.up)  # a LoRA that changes something
     x, sigma = torch.randn(5, 2), torch.tensor(0.7)
-    labels = torch.tensor([demo.NO_LABEL] * 5 + [demo.RING] * 5)
+    labels = torch.tensor([toy_model.NO_LABEL] * 5 + [toy_model.RING] * 5)
     with torch.no_grad():
         bu, bc = base(torch.cat([x, x]), sigma.expand(10, 1), labels).split(5)
         with model.lora(0.8):

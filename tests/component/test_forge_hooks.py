@@ -7,9 +7,11 @@ import types
 import pytest
 import torch
 
-from lib_autolora import forge_hooks, guidance, hosts
-from lib_autolora.guidance import Passes
-from lib_autolora.params import AutoLoraParams
+from lib_autolora import hosts
+from lib_autolora.core import guidance
+from lib_autolora.core.guidance import Passes
+from lib_autolora.core.params import AutoLoraParams
+from lib_autolora.hosts.forge import hooks as forge_hooks
 
 HOST_SCALE = 7.0
 
@@ -100,7 +102,8 @@ def test_an_extensions_cfg_function_guides_both_models():
 
     def halve(cfg_args):  # returns x - denoised, as Forge's CFG functions do
         seen.append(cfg_args["cond_scale"])
-        denoised = cfg_args["uncond_denoised"] + (cfg_args["cond_denoised"] - cfg_args["uncond_denoised"]) * cfg_args["cond_scale"]
+        uncond, cond = cfg_args["uncond_denoised"], cfg_args["cond_denoised"]
+        denoised = uncond + (cond - uncond) * cfg_args["cond_scale"]
         return cfg_args["input"] - denoised / 2
 
     args = forge_args()

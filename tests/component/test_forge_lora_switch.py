@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
+from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 from tests.support.forge_like_lora import ForgeLikeLoader, get_attr, set_attr
-from lib_autolora.forge_lora import ForgeLoraSwitch
 from tests.support.tiny_unet import make_tiny_unet
 
 MERGED = ["input_blocks.0.weight", "input_blocks.2.transformer_blocks.0.attn2.to_k.weight",

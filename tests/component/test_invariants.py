@@ -5,13 +5,12 @@ import copy
 import pytest
 import torch
 
+from lib_autolora.core import guidance
+from lib_autolora.core.params import AutoLoraParams
+from lib_autolora.hosts.a1111.networks import NetworkSwitch
 from tests.support.a1111_like_lora import LoraHost, load_kohya
 from tests.support.kohya_files import write_lora
-from lib_autolora import guidance
-from lib_autolora.a1111_networks import NetworkSwitch
-from lib_autolora.params import AutoLoraParams
-from tests.support.tiny_unet import LORA_LAYERS
-from tests.support.tiny_unet import make_tiny_unet
+from tests.support.tiny_unet import LORA_LAYERS, make_tiny_unet
 
 CFG = 6.0
 SIGMAS = torch.tensor([10.0, 5.0, 2.5, 1.2, 0.6, 0.3, 0.0])

@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_autolora import metrics
+from lib_autolora.tools import metrics
 
 
 def test_identical_features_have_diversity_zero():
     vector = np.random.default_rng(0).standard_normal(16)
     assert metrics.diversity(np.stack([vector] * 5)) == pytest.approx(0, abs=1e-12)
-    assert metrics.diversity(np.stack([vector, 3 * vector, 0.5 * vector])) == pytest.approx(0, abs=1e-12)  # cosine ignores norm
+    scaled = np.stack([vector, 3 * vector, 0.5 * vector])
+    assert metrics.diversity(scaled) == pytest.approx(0, abs=1e-12)  # cosine ignores norm
 
 
 def test_mutually_orthogonal_features_have_diversity_one():
@@ -153,7 +154,8 @@ def test_cli_prints_diversity_and_div_x_per_folder(tmp_path, capsys):
     with open(tmp_path / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "score"])
-        writer.writerows([["same/0.png", 4], ["same/1.png", 5], ["same/2.png", ""], ["mixed/0.png", 2], ["mixed/1.png", 3]])
+        writer.writerows([["same/0.png", 4], ["same/1.png", 5], ["same/2.png", ""],
+                          ["mixed/0.png", 2], ["mixed/1.png", 3]])
     status = metrics.main(["diversity", str(tmp_path / "same"), str(tmp_path / "mixed"), "--features", "pixels",
                            "--scores", str(tmp_path / "scores.csv")])
     lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]

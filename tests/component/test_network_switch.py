@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
+from lib_autolora.hosts.a1111.networks import NetworkSwitch
 from tests.support.a1111_like_lora import LoraHost, load_kohya
-from tests.support.kohya_files import write_lora, write_loha, write_norm
-from lib_autolora.a1111_networks import NetworkSwitch
+from tests.support.kohya_files import write_loha, write_lora, write_norm
 from tests.support.tiny_unet import LOHA_LAYERS, LORA_LAYERS, NORM_LAYERS, make_tiny_unet
 
 
@@ -86,14 +86,14 @@ def test_an_error_inside_restores_networks_weights_and_bookkeeping(setup):
     _, model, host, switch, inputs = setup
     merged = model(*inputs)
     before = state(model)
-    names = {n: getattr(l, "network_current_names", None) for n, l in host.layers.items()}
+    names = {n: getattr(layer, "network_current_names", None) for n, layer in host.layers.items()}
     networks = list(host.loaded_networks)
     with pytest.raises(RuntimeError):
         with switch.networks_off():
             model(*inputs)
             raise RuntimeError("interrupted")
     assert host.loaded_networks == networks
-    assert {n: getattr(l, "network_current_names", None) for n, l in host.layers.items()} == names
+    assert {n: getattr(layer, "network_current_names", None) for n, layer in host.layers.items()} == names
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(model(*inputs), merged)
 

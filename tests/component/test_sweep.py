@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_autolora import metrics, sweep
-from lib_autolora.params import AutoLoraParams
+from lib_autolora.core.params import AutoLoraParams
+from lib_autolora.tools import metrics, sweep, vlm
 
 LORA = "stub_lora"
 
@@ -76,7 +76,8 @@ def stub_webui(method, path, body):
         return 200, [{"name": LORA, "alias": LORA}, {"name": "other"}]
     if method == "POST" and path == "/sdapi/v1/txt2img":
         args = body["alwayson_scripts"]["autolora"]["args"]
-        infotext = f"{body['prompt']}\nSteps: {body['steps']}, Seed: {body['seed']}, AutoLoRA: True, AutoLoRA gamma: {args[1]}"
+        infotext = (f"{body['prompt']}\nSteps: {body['steps']}, Seed: {body['seed']}, "
+                    f"AutoLoRA: True, AutoLoRA gamma: {args[1]}")
         return 200, {"images": [base64.b64encode(stub_image(body)).decode()], "parameters": body,
                      "info": json.dumps({"infotexts": [infotext], "seed": body["seed"]})}
     return 404, {"detail": "Not Found"}
@@ -170,7 +171,8 @@ def test_vlm_gets_the_paper_prompt_and_the_image_and_its_scores_are_parsed(swept
         image_part, text_part = body["messages"][0]["content"]
         png = (swept["out"] / row["file"]).read_bytes()
         assert image_part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(png).decode()
-        assert text_part["text"].startswith("Evaluate the presence of Princess Anna from Disney’s Frozen movie in the image.")
+        assert text_part["text"].startswith(
+            "Evaluate the presence of Princess Anna from Disney’s Frozen movie in the image.")
         assert "Reply only with a JSON with no extra text" in text_part["text"]
         assert float(row["cps"]) == int(row["seed"]) % 6  # what the stub read from the image
     for cell in swept["cells"]:
@@ -198,18 +200,20 @@ def test_progress_bar_counts_to_the_end(swept):
     ('{"score": [score between 0 and 5]}', ["score"], {"score": None}),
 ])
 def test_parse_scores(reply, keys, expected):
-    assert sweep.parse_scores(reply, keys) == expected
+    assert vlm.parse_scores(reply, keys) == expected
 
 
 def test_vlm_prompts_are_appendix_a():
-    cps = sweep.vlm_prompt("cps")
+    cps = vlm.vlm_prompt("cps")
     assert "* 5: The image contains a character that is unmistakably Princess Anna" in cps
     assert '"score": [score between 0 and 5]' in cps
-    pc_sa = sweep.vlm_prompt("pc-sa", prompt="a mermaid on a throne, pixel art style")
-    assert pc_sa.startswith("Evaluate the given image for the prompt a mermaid on a throne, pixel art style and the pixel art style")
+    pc_sa = vlm.vlm_prompt("pc-sa", prompt="a mermaid on a throne, pixel art style")
+    assert pc_sa.startswith(
+        "Evaluate the given image for the prompt a mermaid on a throne, pixel art style and the pixel art style")
     assert '"style_adherence": [the style adherence score from 0 to 5]' in pc_sa
     assert '{\n  "score"' in cps and "{character}" not in cps  # literal braces kept, fields filled
-    assert sweep.vlm_prompt("cps", character="Elsa", work="Frozen").startswith("Evaluate the presence of Elsa from Frozen")
+    elsa = vlm.vlm_prompt("cps", character="Elsa", work="Frozen")
+    assert elsa.startswith("Evaluate the presence of Elsa from Frozen")
 
 
 def test_bad_settings_fail_before_any_request(tmp_path):

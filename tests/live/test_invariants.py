@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lib_autolora.params import AutoLoraParams
+from lib_autolora.core.params import AutoLoraParams
 from tests.live.conftest import LORAS
 from tests.live.webui import ApiError, max_difference, png_base64
 

@@ -1,11 +1,11 @@
-"""Live: the sweep tool (lib_autolora.sweep) against a real WebUI, on a small grid (64x64, 6 steps)."""
+"""Live: the sweep tool (lib_autolora.tools.sweep) against a real WebUI, on a small grid (64x64, 6 steps)."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lib_autolora import sweep
+from lib_autolora.tools import sweep
 from tests.live.conftest import LORAS, URL
 
 

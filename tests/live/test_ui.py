@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from lib_autolora.params import FIELDS_BY_NAME
+from lib_autolora.core.params import FIELDS_BY_NAME
 from tests.live.conftest import LORAS, URL
 
 CHROMIUM = os.environ.get("AUTOLORA_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")

@@ -10,8 +10,8 @@ from tests.live.test_invariants import BASE, CFG, FORGE_HIRES_FIELDS, autolora, 
 from tests.live.webui import ApiError, max_difference
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-HIRES = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6, "hr_second_pass_steps": 4,
-         **FORGE_HIRES_FIELDS}
+HIRES = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+         "hr_second_pass_steps": 4, **FORGE_HIRES_FIELDS}
 
 
 def axis_index(webui, label):

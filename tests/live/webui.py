@@ -6,7 +6,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from lib_autolora.sweep import HttpError as ApiError, http_json
+from lib_autolora.tools.http_client import HttpError as ApiError  # noqa: F401 (what the live tests catch)
+from lib_autolora.tools.http_client import http_json
 
 
 class WebUI:

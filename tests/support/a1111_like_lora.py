@@ -61,7 +61,8 @@ def load_kohya(path, name, multiplier=1.0):
         if "lora_down.weight" in parts:
             modules[layer] = LoraModule(parts["lora_down.weight"], parts["lora_up.weight"], alpha, multiplier)
         elif "hada_w1_a" in parts:
-            modules[layer] = LohaModule(parts["hada_w1_a"], parts["hada_w1_b"], parts["hada_w2_a"], parts["hada_w2_b"], alpha, multiplier)
+            factors = (parts[f"hada_w{i}_{s}"] for i in (1, 2) for s in ("a", "b"))
+            modules[layer] = LohaModule(*factors, alpha, multiplier)
         elif "w_norm" in parts:
             modules[layer] = NormModule(parts["w_norm"], parts.get("b_norm"))
     return Network(name, modules, multiplier)
@@ -104,7 +105,8 @@ class LoraHost:
         wanted = tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in self.loaded_networks)
         if not hasattr(layer, "network_weights_backup") and wanted:
             if isinstance(layer, torch.nn.MultiheadAttention):
-                layer.network_weights_backup = (layer.in_proj_weight.to("cpu", copy=True), layer.out_proj.weight.to("cpu", copy=True))
+                layer.network_weights_backup = (layer.in_proj_weight.to("cpu", copy=True),
+                                                layer.out_proj.weight.to("cpu", copy=True))
                 layer.network_bias_backup = layer.out_proj.bias.to("cpu", copy=True)
             else:
                 layer.network_weights_backup = layer.weight.to("cpu", copy=True)
@@ -125,7 +127,9 @@ class LoraHost:
                         layer.bias.copy_(layer.bias + ex_bias)
             elif name + "_q_proj" in net.modules:
                 q, k, v = layer.in_proj_weight.chunk(3, 0)
-                parts = [net.modules[name + s].calc_updown(w)[0] for s, w in (("_q_proj", q), ("_k_proj", k), ("_v_proj", v))]
+                parts = [net.modules[name + s].calc_updown(w)[0]
+                         for s, w in (("_q_proj", q), ("_k_proj", k), ("_v_proj", v))]
                 layer.in_proj_weight.copy_(layer.in_proj_weight + torch.vstack(parts))
-                layer.out_proj.weight.copy_(layer.out_proj.weight + net.modules[name + "_out_proj"].calc_updown(layer.out_proj.weight)[0])
+                out_updown = net.modules[name + "_out_proj"].calc_updown(layer.out_proj.weight)[0]
+                layer.out_proj.weight.copy_(layer.out_proj.weight + out_updown)
         layer.network_current_names = wanted

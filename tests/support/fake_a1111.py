@@ -1,4 +1,4 @@
-"""A small stand-in for what lib_autolora.webui and lib_autolora.a1111 import from AUTOMATIC1111's
+"""A small stand-in for what lib_autolora.hosts (common, a1111) imports from AUTOMATIC1111's
 WebUI (v1.10.1), written from its behaviour (no WebUI code), for tier-2 tests: prompt schedules
 (`[a:b:N]`) and AND sub-prompts (`:weight`); `setup_conds` through a cache shared by all generations,
 encoding with a tiny text encoder of torch layers; a CFGDenoiser whose `forward` has the real one's
@@ -41,15 +41,18 @@ def _schedule(prompt, steps):
 
 
 def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_scheduling=False):
-    return [[ScheduledPromptConditioning(end, model.cond_stage_model.encode(text)) for end, text in _schedule(prompt, steps)]
+    encode = model.cond_stage_model.encode
+    return [[ScheduledPromptConditioning(end, encode(text)) for end, text in _schedule(prompt, steps)]
             for prompt in prompts]
 
 
 def get_multicond_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_scheduling=False):
     batch = []
     for prompt in prompts:
-        parts = [re.fullmatch(r"\s*(.*?)\s*(?::\s*([-+]?[\d.]+))?\s*", part).groups() for part in re.split(r"\bAND\b", prompt)]
-        batch.append([ComposableScheduledPromptConditioning(get_learned_conditioning(model, [text], steps)[0], float(weight or 1))
+        parts = [re.fullmatch(r"\s*(.*?)\s*(?::\s*([-+]?[\d.]+))?\s*", part).groups()
+                 for part in re.split(r"\bAND\b", prompt)]
+        batch.append([ComposableScheduledPromptConditioning(get_learned_conditioning(model, [text], steps)[0],
+                                                            float(weight or 1))
                       for text, weight in parts])
     return MulticondLearnedConditioning((len(prompts),), batch)
 
@@ -120,7 +123,9 @@ class CFGDenoiser(nn.Module):
     def pad_cond_uncond_v0(self, cond, uncond):
         """Repeats the uncond's last vector up to the cond's length, or cuts it there."""
         missing = cond.shape[1] - uncond.shape[1]
-        return cond, torch.cat([uncond, uncond[:, -1:].repeat(1, missing, 1)], 1) if missing > 0 else uncond[:, :cond.shape[1]]
+        if missing > 0:
+            return cond, torch.cat([uncond, uncond[:, -1:].repeat(1, missing, 1)], 1)
+        return cond, uncond[:, :cond.shape[1]]
 
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         opts = shared.opts
@@ -129,10 +134,12 @@ class CFGDenoiser(nn.Module):
         batch_size = len(conds_list)
         repeats = torch.tensor([i for i, conds in enumerate(conds_list) for _ in conds])  # an image once per cond row
         x_in, sigma_in, image_cond_in = (torch.cat([t[repeats], t]) for t in (x, sigma, image_cond))
-        params = script_callbacks.CFGDenoiserParams(x=x_in, image_cond=image_cond_in, sigma=sigma_in, sampling_step=self.step,
-                                                    total_sampling_steps=self.total_steps, text_cond=tensor, text_uncond=uncond, denoiser=self)
+        params = script_callbacks.CFGDenoiserParams(
+            x=x_in, image_cond=image_cond_in, sigma=sigma_in, sampling_step=self.step,
+            total_sampling_steps=self.total_steps, text_cond=tensor, text_uncond=uncond, denoiser=self)
         script_callbacks.cfg_denoiser_callback(params)
-        x_in, image_cond_in, sigma_in, tensor, uncond = params.x, params.image_cond, params.sigma, params.text_cond, params.text_uncond
+        x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
+        tensor, uncond = params.text_cond, params.text_uncond
 
         skip_uncond = opts.skip_early_cond != 0 and self.step / self.total_steps <= opts.skip_early_cond
         if skip_uncond:
@@ -143,7 +150,8 @@ class CFGDenoiser(nn.Module):
             tensor, uncond = self.pad_cond_uncond(tensor, uncond)
 
         def run(a, b, text):
-            return self.inner_model(x_in[a:b], sigma_in[a:b], cond={"c_crossattn": [text], "c_concat": [image_cond_in[a:b]]})
+            cond = {"c_crossattn": [text], "c_concat": [image_cond_in[a:b]]}
+            return self.inner_model(x_in[a:b], sigma_in[a:b], cond=cond)
 
         x_out = torch.zeros_like(x_in)
         if skip_uncond or tensor.shape[1] == uncond.shape[1]:
@@ -159,7 +167,8 @@ class CFGDenoiser(nn.Module):
             x_out[-len(uncond):] = run(len(x_in) - len(uncond), len(x_in), uncond)
         if skip_uncond:  # each image's first cond result stands in for its uncond
             x_out = torch.cat([x_out] + [x_out[conds[0][0]:conds[0][0] + 1] for conds in conds_list])
-        denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0 if skip_uncond else cond_scale * self.cond_scale_miltiplier)
+        scale = 1.0 if skip_uncond else cond_scale * self.cond_scale_miltiplier
+        denoised = self.combine_denoised(x_out, conds_list, uncond, scale)
         self.step += 1
         return denoised
 
@@ -170,7 +179,8 @@ class StableDiffusionProcessing:
     cached_c = cached_uc = None  # [cache key, conds], one pair shared by all generations; set by install()
 
     def __init__(self, prompts, negative_prompts, seed=1, steps=6, cfg_scale=6.0, extra_network_data=()):
-        self.prompts, self.negative_prompts, self.seed, self.steps, self.cfg_scale = prompts, negative_prompts, seed, steps, cfg_scale
+        self.prompts, self.negative_prompts, self.seed = prompts, negative_prompts, seed
+        self.steps, self.cfg_scale = steps, cfg_scale
         self.extra_network_data = extra_network_data  # the prompt's <lora:...> tags: part of the cache key
         self.cached_c, self.cached_uc = StableDiffusionProcessing.cached_c, StableDiffusionProcessing.cached_uc
         self.extra_generation_params, self.is_hr_pass, self.sampler, self.c, self.uc = {}, False, None, None, None
@@ -186,8 +196,11 @@ class StableDiffusionProcessing:
         return caches[0][1]
 
     def setup_conds(self):
-        self.uc = self.get_conds_with_caching(get_learned_conditioning, self.negative_prompts, self.steps, [self.cached_uc], self.extra_network_data)
-        self.c = self.get_conds_with_caching(get_multicond_learned_conditioning, self.prompts, self.steps, [self.cached_c], self.extra_network_data)
+        networks = self.extra_network_data
+        self.uc = self.get_conds_with_caching(get_learned_conditioning, self.negative_prompts, self.steps,
+                                              [self.cached_uc], networks)
+        self.c = self.get_conds_with_caching(get_multicond_learned_conditioning, self.prompts, self.steps,
+                                             [self.cached_c], networks)
 
     def get_conds(self):
         return self.c, self.uc

@@ -7,8 +7,10 @@ from torch import nn
 class ResBlock(nn.Module):
     def __init__(self, channels):
         super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(4, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
-        self.out_layers = nn.Sequential(nn.GroupNorm(4, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+        self.in_layers = nn.Sequential(nn.GroupNorm(4, channels), nn.SiLU(),
+                                       nn.Conv2d(channels, channels, 3, padding=1))
+        self.out_layers = nn.Sequential(nn.GroupNorm(4, channels), nn.SiLU(),
+                                        nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x):
         return x + self.out_layers(self.in_layers(x))

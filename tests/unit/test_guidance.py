@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lib_autolora import guidance
-from lib_autolora.guidance import Passes
-from lib_autolora.params import AutoLoraParams
+from lib_autolora.core import guidance
+from lib_autolora.core.guidance import Passes
+from lib_autolora.core.params import AutoLoraParams
 
 
 def test_cfg_is_uncond_plus_scale_times_difference():

@@ -1,7 +1,7 @@
 """Tier 1: the parameters type: defaults, validation messages, positional args, infotext."""
 import pytest
 
-from lib_autolora.params import FIELDS, AutoLoraParamError, AutoLoraParams
+from lib_autolora.core.params import FIELDS, AutoLoraParamError, AutoLoraParams
 
 
 def test_defaults_follow_the_paper_and_the_generation():

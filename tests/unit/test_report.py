@@ -1,7 +1,7 @@
 """Tier 1: the console line that says what AutoLoRA did."""
-from lib_autolora.guidance import Passes
-from lib_autolora.params import AutoLoraParams
-from lib_autolora.report import RunReport
+from lib_autolora.core.guidance import Passes
+from lib_autolora.core.params import AutoLoraParams
+from lib_autolora.core.report import RunReport
 
 
 def test_active_run_names_settings_steps_passes_and_networks():

@@ -2,7 +2,7 @@
 and the post-CFG combination on Forge's argument layout."""
 import math
 
-from lib_autolora import guidance
+from lib_autolora.core import guidance
 
 MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
 

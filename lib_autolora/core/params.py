@@ -168,8 +168,8 @@ class AutoLoraParams:
         if args and isinstance(args[0], dict):
             values = {**(defaults or {}), "enabled": True, **_named_values(args[0])}
         elif len(args) > len(FIELDS):
-            raise AutoLoraParamError(
-                f"AutoLoRA: expected at most {len(FIELDS)} values ({', '.join(f.name for f in FIELDS)}), got {len(args)}")
+            names = ", ".join(f.name for f in FIELDS)
+            raise AutoLoraParamError(f"AutoLoRA: expected at most {len(FIELDS)} values ({names}), got {len(args)}")
         else:
             values = {**(defaults or {}), **{field.name: value for field, value in zip(FIELDS, args)}}
         values.update(overrides or {})

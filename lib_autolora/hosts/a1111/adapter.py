@@ -11,8 +11,9 @@ import functools
 
 import torch
 
-from lib_autolora import guidance, webui
-from lib_autolora.a1111_networks import NetworkSwitch, network_names
+from lib_autolora.core import guidance
+from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
+from lib_autolora.hosts.common import CommonGeneration
 
 from modules import shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
@@ -37,9 +38,9 @@ def _condition(cond, image_cond):
     return {"c_crossattn": [cond], "c_concat": [image_cond]}
 
 
-class A1111Generation(webui.Generation):
-    def __init__(self, p, params):
-        super().__init__(p, params)
+class A1111Generation(CommonGeneration):
+    def __init__(self, p, params, opts):
+        super().__init__(p, params, opts)
         self.model = None
         self.denoiser = None
         self.denoiser_params = None
@@ -66,7 +67,8 @@ class A1111Generation(webui.Generation):
         denoiser = p.sampler.model_wrap_cfg
         if denoiser is not self.denoiser:
             self.denoiser = denoiser
-            self.patch(denoiser, "combine_denoised", functools.partial(self.combine_denoised, denoiser.combine_denoised))
+            combine = functools.partial(self.combine_denoised, denoiser.combine_denoised)
+            self.patch(denoiser, "combine_denoised", combine)
             inner = denoiser.inner_model  # an nn.Module: its instance `forward` is what calls reach
             self.patch(inner, "forward", functools.partial(_counting_forward, self, inner.forward))
 
@@ -121,7 +123,8 @@ class A1111Generation(webui.Generation):
             if skipped or tensor.shape[1] == uncond.shape[1]:
                 cond_in = tensor if skipped else catenate_conds([tensor, uncond])
                 chunk = rows if opts.batch_cond_uncond else batch_size
-                out = torch.cat([run(a, a + chunk, subscript_cond(cond_in, a, a + chunk)) for a in range(0, rows, chunk)])
+                out = torch.cat([run(a, a + chunk, subscript_cond(cond_in, a, a + chunk))
+                                 for a in range(0, rows, chunk)])
             else:
                 chunk = batch_size * 2 if opts.batch_cond_uncond else batch_size
                 cond_rows = tensor.shape[0]

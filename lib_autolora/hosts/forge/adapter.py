@@ -13,8 +13,10 @@ import math
 
 import torch
 
-from lib_autolora import forge_hooks, guidance, webui
-from lib_autolora.forge_lora import ForgeLoraSwitch
+from lib_autolora.core import guidance
+from lib_autolora.hosts.common import CommonGeneration
+from lib_autolora.hosts.forge import hooks as forge_hooks
+from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 
 from backend import utils as backend_utils
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
@@ -45,9 +47,9 @@ def _host_cond_scale(denoiser, sigma):
     return p.hr_cfg if p.is_hr_pass else extra["cond_scale"]
 
 
-class ForgeGeneration(webui.Generation):
-    def __init__(self, p, params):
-        super().__init__(p, params)
+class ForgeGeneration(CommonGeneration):
+    def __init__(self, p, params, opts):
+        super().__init__(p, params, opts)
         self.step_base_conds = None
         self.host_scale = None
 
@@ -66,9 +68,11 @@ class ForgeGeneration(webui.Generation):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
-        explicit = [w for w in (self.pass_params.base_cfg, self.pass_params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
+        scales = (self.pass_params.base_cfg, self.pass_params.lora_cfg)
+        explicit = [w for w in scales if w is not None and not math.isclose(w, 1.0)]
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
-            return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, so w1/w2 other than 1 cannot apply")
+            return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, "
+                                    "so w1/w2 other than 1 cannot apply")
         if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
             return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
                                     "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")

@@ -1,7 +1,7 @@
 """See AutoLoRA on a toy that runs anywhere: a conditional diffusion model of 2-D points, a LoRA
 fine-tuned on six points, and three samplers side by side. About 20 s on two CPU cores.
 
-    python -m lib_autolora.demo [--out autolora-demo.png] [--cfg 3] [--gamma 1.5] [--seed 0]
+    python -m lib_autolora.tools.demo [--out autolora-demo.png] [--cfg 3] [--gamma 1.5] [--seed 0]
 
 1. A base model learns four classes of 2-D shapes (ring, grid of blobs, cross, square); labels are
    dropped 10% of the time so it also has an unconditional mode for CFG.
@@ -31,17 +31,27 @@ whether the paper's claim holds in this run; it depends on the seed (it holds fo
 for seed 1, where LoRA + CFG's best is slightly more diverse), so try a few.
 """
 import argparse
-import contextlib
 import dataclasses
 import math
 import time
 
 import numpy as np
 import torch
-from torch import nn
 
-from lib_autolora import guidance
-from lib_autolora.metrics import diversity_from_similarity
+from lib_autolora.core import guidance
+from lib_autolora.tools.demo_drawing import draw
+from lib_autolora.tools.metrics import diversity_from_similarity
+from lib_autolora.tools.toy_model import (
+    CENTERS,
+    LORA_RADIUS,
+    NO_LABEL,
+    RING,
+    Denoiser,
+    lora_examples,
+    make_dataset,
+    ring,
+    train,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,129 +75,6 @@ class DemoConfig:
 
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 20.0, 7.0
-
-# ---------------------------------------------------------------------------------------- data
-
-CLASS_NAMES = ("ring", "grid", "cross", "square")
-NO_LABEL = len(CLASS_NAMES)  # the unconditional "prompt"
-RING = 0
-CENTERS = np.array([(-1.5, 1.5), (1.5, 1.5), (-1.5, -1.5), (1.5, -1.5)])
-RADIUS, LORA_RADIUS = 0.8, 1.2   # the base's ring and the LoRA's look
-HALF = 0.7                       # half size of the grid, the cross and the square
-NOISE = 0.03                     # thickness of every shape
-
-
-def ring(radius, angle):
-    return CENTERS[RING] + radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-
-
-def shape_points(label, n, rng):
-    """n noiseless points of class `label`, relative to its center."""
-    h = HALF
-    if label == RING:
-        return ring(RADIUS, rng.uniform(0, 2 * math.pi, n)) - CENTERS[RING]
-    if label == 1:
-        grid = np.array([(x, y) for x in (-h, 0, h) for y in (-h, 0, h)])
-        return grid[rng.integers(0, 9, n)]
-    if label == 2:
-        segments = np.array([[(-h, -h), (h, h)], [(-h, h), (h, -h)]])
-    else:
-        corners = np.array([(-h, -h), (h, -h), (h, h), (-h, h)])
-        segments = np.stack([corners, np.roll(corners, -1, axis=0)], axis=1)
-    which, t = rng.integers(0, len(segments), n), rng.uniform(0, 1, (n, 1))
-    return segments[which, 0] + t * (segments[which, 1] - segments[which, 0])
-
-
-def make_dataset(n, rng):
-    labels = rng.integers(0, len(CLASS_NAMES), n)
-    points = np.zeros((n, 2))
-    for label in range(len(CLASS_NAMES)):
-        mask = labels == label
-        points[mask] = CENTERS[label] + shape_points(label, int(mask.sum()), rng)
-    return points + NOISE * rng.standard_normal((n, 2)), labels
-
-
-def lora_examples(n, rng):
-    """The LoRA's few training points: the ring prompt drawn with radius LORA_RADIUS."""
-    return ring(LORA_RADIUS, rng.uniform(0, 2 * math.pi, n)) + NOISE * rng.standard_normal((n, 2))
-
-
-# --------------------------------------------------------------------------------------- model
-
-class LoraLinear(nn.Module):
-    """A frozen linear layer plus a low-rank update times `weight` (0: switched off)."""
-
-    def __init__(self, linear, rank, generator):
-        super().__init__()
-        self.linear, self.weight = linear, 0.0
-        self.down = nn.Parameter(torch.randn(rank, linear.in_features, generator=generator) / math.sqrt(linear.in_features))
-        self.up = nn.Parameter(torch.zeros(linear.out_features, rank))
-
-    def forward(self, x):
-        out = self.linear(x)
-        if self.weight:
-            out = out + self.weight * (x @ self.down.T @ self.up.T)
-        return out
-
-
-class Denoiser(nn.Module):
-    """D(x, sigma, label) -> estimate of the clean point, with EDM preconditioning."""
-
-    def __init__(self, hidden, sigma_data):
-        super().__init__()
-        self.sigma_data = sigma_data
-        self.embed = nn.Embedding(len(CLASS_NAMES) + 1, 32)
-        self.net = nn.Sequential(nn.Linear(2 + 16 + 32, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
-        self.register_buffer("freqs", torch.exp2(torch.arange(8, dtype=torch.float32)) / 4)
-
-    def forward(self, x, sigma, label):
-        """x: (N, 2), sigma: (N, 1), label: (N,)."""
-        total = (sigma ** 2 + self.sigma_data ** 2).sqrt()
-        c_skip, c_out, c_in = self.sigma_data ** 2 / total ** 2, sigma * self.sigma_data / total, 1 / total
-        angle = sigma.log() * self.freqs
-        features = torch.cat([c_in * x, angle.sin(), angle.cos(), self.embed(label)], dim=1)
-        return c_skip * x + c_out * self.net(features)
-
-    def add_lora(self, rank, generator):
-        for i, layer in enumerate(self.net):
-            if isinstance(layer, nn.Linear):
-                self.net[i] = LoraLinear(layer, rank, generator)
-        return [p for layer in self.lora_layers() for p in (layer.down, layer.up)]
-
-    def lora_layers(self):
-        return [m for m in self.net if isinstance(m, LoraLinear)]
-
-    @contextlib.contextmanager
-    def lora(self, weight):
-        """Run the block with the LoRA at `weight` (0: the base model, the LoRA switched off)."""
-        layers = self.lora_layers()
-        saved = [layer.weight for layer in layers]
-        for layer in layers:
-            layer.weight = weight
-        try:
-            yield
-        finally:
-            for layer, old in zip(layers, saved):
-                layer.weight = old
-
-
-def train(model, params, points, labels, steps, batch, lr, generator):
-    """EDM's loss: log sigma ~ N(-1.2, 1.2^2), weight (sigma^2 + sd^2) / (sigma sd)^2; labels dropped 10%."""
-    optimizer = torch.optim.Adam(params, lr=lr)
-    sd = model.sigma_data
-    for step in range(steps):
-        for group in optimizer.param_groups:  # cosine decay: a stable end point
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        index = torch.randint(0, len(points), (batch,), generator=generator)
-        x0, label = points[index], labels[index].clone()
-        label[torch.rand(batch, generator=generator) < 0.1] = NO_LABEL
-        sigma = (torch.randn(batch, 1, generator=generator) * 1.2 - 1.2).exp()
-        noisy = x0 + sigma * torch.randn(batch, 2, generator=generator)
-        loss = ((sigma ** 2 + sd ** 2) / (sigma * sd) ** 2 * (model(noisy, sigma, label) - x0) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 def build_models(config, generator, rng):
@@ -328,7 +215,8 @@ def report(result):
     columns = ("diversity", "on_domain", "coverage", "near_train", "div_on")
 
     def cells(figures):
-        return "  ".join(f"{figures[k]:7.3f}" if k in ("diversity", "div_on") else f"{figures[k]:7.0%}" for k in columns)
+        return "  ".join(f"{figures[k]:7.3f}" if k in ("diversity", "div_on") else f"{figures[k]:7.0%}"
+                         for k in columns)
 
     head = "  ".join(f"{name:>7}" for name in ("divers.", "on-dom.", "cover.", "n-train", "div*on"))
     base = result.sets[0].figures
@@ -362,81 +250,16 @@ def verdict(lora, auto):
             + ("does NOT hold here: " + "; ".join(failures) if failures else "HOLDS here"))
 
 
-# ---------------------------------------------------------------------------------------- draw
-
-def _font(size):
-    from PIL import ImageFont
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size
-        return ImageFont.load_default()
-
-
-VIEW = (CENTERS[RING] - 1.5, CENTERS[RING] + 1.5)   # the panels show the ring class's quadrant
-SAMPLE_BLUE, LORA_RED = (40, 90, 210), (220, 30, 30)
-
-
-def draw_samples(canvas, pixels, cell=3):
-    """The samples as blue discs, one per cell x cell pixel bin, the area growing with the count, so
-    piled-up samples show as big discs."""
-    bins, counts = np.unique(np.floor(pixels / cell).astype(int), axis=0, return_counts=True)
-    for (bx, by), count in sorted(zip(bins.tolist(), counts.tolist()), key=lambda item: -item[1]):
-        x, y, r = (bx + 0.5) * cell, (by + 0.5) * cell, 1.2 + 1.1 * math.sqrt(count)
-        canvas.ellipse((x - r, y - r, x + r, y + r), fill=SAMPLE_BLUE)
-
-
-def draw(result, path, size=380):
-    """One PNG, a panel per sampler (a), (b), (c): grey the base's training data, pink the LoRA's
-    ring, red circles its six training points, blue discs the samples (bigger where they pile up)."""
-    from PIL import Image, ImageDraw
-    header, footer = 62, 22
-    panels = result.panels()
-    image = Image.new("RGB", (size * len(panels), size + header + footer), "white")
-    canvas = ImageDraw.Draw(image)
-
-    def to_pixels(xy):
-        xy = (np.asarray(xy) - VIEW[0]) / (VIEW[1] - VIEW[0])
-        return np.stack([xy[:, 0] * (size - 1), (1 - xy[:, 1]) * (size - 1)], axis=1)
-
-    target = [tuple(p) for p in to_pixels(ring(LORA_RADIUS, np.linspace(0, 2 * math.pi, 720)))]
-    backdrop = Image.new("RGB", (size, size), "white")
-    backdrop_canvas = ImageDraw.Draw(backdrop)
-    for x, y in to_pixels(result.data):
-        backdrop_canvas.point((x, y), fill=(185, 185, 185))
-    backdrop_canvas.line(target, fill=(250, 175, 190), width=3)
-    font = _font(13)
-    for i, s in enumerate(panels):
-        offset = i * size
-        panel = backdrop.copy()
-        panel_canvas = ImageDraw.Draw(panel)
-        draw_samples(panel_canvas, to_pixels(s.points))
-        for x, y in to_pixels(result.few):
-            panel_canvas.ellipse((x - 7, y - 7, x + 7, y + 7), outline=LORA_RED, width=2)
-        image.paste(panel, (offset, header))
-        f = s.figures
-        canvas.text((offset + 8, 4), f"({'abc'[i]}) {s.title}", fill="black", font=font)
-        canvas.text((offset + 8, 22), f"diversity {f['diversity']:.3f}   on-domain {f['on_domain']:.0%}",
-                    fill="black", font=font)
-        canvas.text((offset + 8, 40), f"coverage {f['coverage']:.0%}   near LoRA points {f['near_train']:.0%}",
-                    fill="black", font=font)
-        if i:
-            canvas.line((offset, 0, offset, size + header), fill=(150, 150, 150))
-    canvas.text((8, size + header + 3), "the ring prompt's quadrant. grey: base training data (ring r=0.8)   pink: the "
-                "LoRA's look (ring r=1.2)   red circles: its 6 training points   blue: samples (disc area ~ count)",
-                fill=(80, 80, 80), font=_font(12))
-    image.save(path)
-
-
 # ----------------------------------------------------------------------------------------- CLI
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m lib_autolora.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib_autolora.tools.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="autolora-demo.png", help="the PNG to write (default autolora-demo.png)")
     for field in dataclasses.fields(DemoConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "lora_weights":
-            parser.add_argument(flag, type=lambda text: tuple(float(v) for v in text.split(",")),
-                                default=field.default, help="comma-separated, default " + ",".join(map(str, field.default)))
+            parser.add_argument(flag, type=lambda text: tuple(float(v) for v in text.split(",")), default=field.default,
+                                help="comma-separated, default " + ",".join(map(str, field.default)))
         else:
             kind = int if isinstance(field.default, int) else float
             parser.add_argument(flag, type=kind, default=field.default, help=f"default {field.default}")

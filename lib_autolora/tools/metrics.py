@@ -3,7 +3,7 @@
     Diversity(X) = 1 - 2 / (N (N - 1)) * sum_{i<j} cos(f(x_i), f(x_j))
     Div-X        = Diversity * mean score X   (X: CPS, PC or SA, each 0-5)
 
-    python -m lib_autolora.metrics diversity DIR [DIR ...] [--features dinov2|pixels] [--scores scores.csv]
+    python -m lib_autolora.tools.metrics diversity DIR [DIR ...] [--features dinov2|pixels] [--scores scores.csv]
 
 f is an image feature extractor. The paper uses DINOv2 (facebook/dinov2-giant); `--features
 dinov2` (the default) uses it through `transformers` when that is installed and the model is in the
@@ -137,13 +137,14 @@ def read_scores(path, column="score"):
 
 
 def folder_scores(paths, scores):
-    return [scores[os.path.normpath(os.path.abspath(p))] for p in paths if os.path.normpath(os.path.abspath(p)) in scores]
+    keys = [os.path.normpath(os.path.abspath(p)) for p in paths]
+    return [scores[key] for key in keys if key in scores]
 
 
 # ----------------------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lib_autolora.metrics", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib_autolora.tools.metrics", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("diversity", help="Eq. 8 per folder of images (one folder = one set X)")
     command.add_argument("folders", nargs="+", metavar="DIR")
@@ -151,7 +152,8 @@ def main(argv=None):
                          help="feature extractor f (default dinov2, falling back to pixels with a note)")
     command.add_argument("--dinov2-model", default=DEFAULT_DINOV2, help=f"default {DEFAULT_DINOV2} (the paper's)")
     command.add_argument("--allow-download", action="store_true", help="let transformers download the DINOv2 model")
-    command.add_argument("--scores", help="CSV with a file column and a score column: adds Div-X = diversity * mean score")
+    command.add_argument("--scores",
+                         help="CSV with a file column and a score column: adds Div-X = diversity * mean score")
     command.add_argument("--score-column", default="score", help="score column of --scores (default: score)")
     args = parser.parse_args(argv)
 

@@ -2,10 +2,8 @@
 settings' defaults; shared by both hosts (gradio 3 on A1111, gradio 4 on Forge)."""
 import gradio as gr
 
-from lib_autolora import settings
-from lib_autolora.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams
-
-from modules.ui_components import InputAccordion
+from lib_autolora.core.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams
+from lib_autolora.webui import settings
 
 
 def _component(field, value, elem_id):
@@ -17,17 +15,21 @@ def _component(field, value, elem_id):
     return gr.Checkbox(label=field.label, info=field.hint, value=value, elem_id=elem_id)
 
 
-def build(tab, opts):
-    """The components, in the order of FIELDS (the script's positional arguments)."""
+def build(tab, opts, input_accordion, switched_off=False):
+    """The components, in the order of FIELDS (the script's positional arguments); `input_accordion`
+    is the WebUI's accordion with an enable box in its header."""
     defaults = settings.defaults(opts)
     made = {}
 
     def add(name):
         made[name] = _component(FIELDS_BY_NAME[name], defaults[name], f"autolora_{tab}_{name}")
 
-    with InputAccordion(False, label="AutoLoRA", elem_id=f"autolora_{tab}_enabled") as enabled:
+    with input_accordion(False, label="AutoLoRA", elem_id=f"autolora_{tab}_enabled") as enabled:
         made["enabled"] = enabled
         gr.Markdown(FIELDS_BY_NAME["enabled"].hint)
+        if switched_off:
+            gr.Markdown("**Switched off on this server** (`--autolora-off`): generations run as usual.")
+        gr.HTML("", elem_id=f"autolora_{tab}_notice")  # javascript/autolora.js writes its notice here
         add("gamma")
         for row in (("base_cfg", "lora_cfg"), ("start", "end")):
             with gr.Row():

@@ -1,6 +1,6 @@
 """Settings → AutoLoRA: defaults for the controls, and whether the console line is printed.
 Values are read from the options' data, so they work before and after the section is built."""
-from lib_autolora.params import FIELDS
+from lib_autolora.core.params import FIELDS
 
 SECTION = ("autolora", "AutoLoRA")
 CONSOLE_SUMMARY = "autolora_console_summary"
@@ -27,7 +27,8 @@ def add_settings(shared, gr):
             component, args = gr.Radio, {"choices": list(field.choices)}
         else:
             component, args = gr.Checkbox, {}
-        info = shared.OptionInfo(field.ui_form(field.default), f"Default {field.label}", component, args, section=SECTION)
+        info = shared.OptionInfo(field.ui_form(field.default), f"Default {field.label}", component, args,
+                                 section=SECTION)
         shared.opts.add_option(key(field), info.info(field.hint))
     shared.opts.add_option(CONSOLE_SUMMARY, shared.OptionInfo(
         True, "Print one line per generation saying what AutoLoRA did", section=SECTION))

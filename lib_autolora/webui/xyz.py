@@ -1,7 +1,7 @@
 """X/Y/Z plot axes. Each cell runs on its own copy of the processing object, so an axis sets an
 `autolora_<field>` attribute there and the script reads it as an override of the accordion: nothing
 outlives the cell."""
-from lib_autolora.params import FIELDS_BY_NAME
+from lib_autolora.core.params import FIELDS_BY_NAME
 
 PREFIX = "autolora_"
 LABEL = "[AutoLoRA] "

@@ -46,7 +46,8 @@ class ForgeLoraSwitch:
     @contextlib.contextmanager
     def networks_off(self):
         loader = self.model.lora_loader
-        online_layers = list(dict.fromkeys(layer for layer in loader.online_backup if hasattr(layer, "forge_online_loras")))
+        online_layers = list(dict.fromkeys(layer for layer in loader.online_backup
+                                           if hasattr(layer, "forge_online_loras")))
         if not loader.backup and not online_layers:
             yield
             return

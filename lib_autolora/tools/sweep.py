@@ -1,6 +1,6 @@
 """Sweep AutoLoRA settings on a running WebUI and measure them as the paper does (Table 1).
 
-    python -m lib_autolora.sweep --url http://127.0.0.1:7860 --prompt "Anna" --lora disney_princess \\
+    python -m lib_autolora.tools.sweep --url http://127.0.0.1:7860 --prompt "Anna" --lora disney_princess \\
         --gammas 1,1.5,2 --lora-weights 0.4,0.8 --seeds 1-16 [--w1 5] [--w2 5] [--cfg 5] --out DIR \\
         [--vlm-url http://127.0.0.1:8000/v1 --vlm-model llama-3.2-11b-vision-instruct --vlm-prompt cps]
 
@@ -15,7 +15,7 @@ mean "the CFG scale". Written to DIR:
     table.png                   diversity, scores and Div-X against the first swept setting
                                 (needs matplotlib; the numbers are in cells.csv either way)
 
-Diversity uses `lib_autolora.metrics` (DINOv2 when available locally, else pixel features, with a
+Diversity uses `lib_autolora.tools.metrics` (DINOv2 when available locally, else pixel features, with a
 note). With `--vlm-url` every image is scored by a vision-language model behind an OpenAI-compatible
 chat-completions endpoint, using the paper's Appendix A prompts: `cps` (A.1, character presence,
 0-5; `--character`/`--work` name the character) or `pc-sa` (A.2, prompt correspondence and style
@@ -24,152 +24,18 @@ adherence, 0-5; `--style` names the style). Set AUTOLORA_VLM_API_KEY if the endp
 import argparse
 import base64
 import csv
-import io
 import json
 import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 
-from lib_autolora import metrics
-from lib_autolora.params import AutoLoraParams, AutoLoraParamError
-
-# ---------------------------------------------------------------------------- Appendix A prompts
-
-# A.1, with the character and the film made parameters (the paper's last item says "from Frozen").
-CPS_PROMPT = """Evaluate the presence of {character} from {work} in the image. Output a score between 0 and 5, where:
-* 0: {character} is not present in the image.
-* 1: The image contains a character with a vague resemblance to {character}, but it’s not clear if it’s her. (e.g., a character with a similar hairstyle or dress color)
-* 2: The image contains a character that shares some similarities with {character}, but it’s not a clear match. (e.g., a character with a similar face shape or clothing style)
-* 3: The image contains a character that is similar to {character}, but with some noticeable differences. (e.g., a character with a similar dress and hairstyle, but different facial features)
-* 4: The image contains a character that is very likely to be {character}, but with some minor differences. (e.g., a character with a similar face, dress, and hairstyle, but with a slightly different expression or pose)
-* 5: The image contains a character that is unmistakably {character} from {work}.
-Output the score in following JSON format:
-```
-{{
-  "score": [score between 0 and 5],
-  "reason": [use keywords to describe the reason of the score, e.g., ["dress", "hairstyle", "no {character} character"]]
-}}
-```
-Reply only with a JSON with no extra text"""
-
-# A.2 as printed (its style scale has no 0 item), the generation prompt and the style filled in.
-PC_SA_PROMPT = """Evaluate the given image for the prompt {prompt} and the {style} style
-Access the following metrics:
-Prompt correspondence: How well does the image capture the essence, objects, and scenes described in the prompt? Scale: 0-5, where:
-0: Not at all (the image does not relate to the prompt in any way)
-1: Very poorly (the image vaguely relates to the prompt, but most key elements are missing or incorrect)
-2: Somewhat (the image captures some key elements of the prompt, but others are missing or incorrect)
-3: Fairly well (the image captures most key elements of the prompt, but some details may be off)
-4: Very well (the image accurately captures the essence and most key elements of the prompt)
-5: Exactly (the image perfectly captures the essence, objects, and scenes described in the prompt)
-Style adherence: How well does the image adhere to the specified style? If the style is pixel art, does the image truly resemble pixel art, or is it just a low-quality image? Scale: 0-5, where:
-1: Very poorly (the image attempts to mimic pixel art, but lacks clear pixelation, has excessive aliasing, or uses too many colors)
-2: Somewhat (the image shows some pixel art characteristics, such as pixelation, but lacks consistency in pixel size, color palette, or has noticeable artifacts)
-3: Fairly well (the image generally adheres to pixel art principles, with clear pixelation, a limited color palette, and minimal aliasing, but may have some minor flaws)
-4: Very well (the image strongly adheres to pixel art principles, with crisp pixelation, a well-chosen color palette, and minimal to no aliasing or artifacts)
-5: Perfectly (the image perfectly captures the pixel art style, with precise pixelation, a masterfully chosen color palette, and no noticeable flaws or artifacts)
-Provide the evaluation scores in the following JSON format:
-```
-{{
-"prompt_correspondence": [the prompt correspondence score from 0 to 5],
-"style_adherence": [the style adherence score from 0 to 5],
-}}
-Reply only with a JSON with no extra text
-```"""
-
-# name: (template, {JSON key in the reply: score column})
-VLM_PROMPTS = {
-    "cps": (CPS_PROMPT, {"score": "cps"}),
-    "pc-sa": (PC_SA_PROMPT, {"prompt_correspondence": "pc", "style_adherence": "sa"}),
-}
-SCORE_RANGE = (0.0, 5.0)
-
-
-def vlm_prompt(kind, prompt="", character="Princess Anna", work="Disney’s Frozen movie", style="pixel art"):
-    template, _ = VLM_PROMPTS[kind]
-    return template.format(prompt=prompt, character=character, work=work, style=style)
-
-
-def parse_scores(reply, keys):
-    """{key: float or None} from a VLM reply that should hold a JSON object with those keys. Takes
-    code fences, trailing commas, "4", [4] and prose around the JSON; a missing value or one outside
-    0-5 is None."""
-    found = {}
-    match = re.search(r"\{.*\}", reply or "", re.DOTALL)
-    if match:
-        try:
-            found = json.loads(re.sub(r",\s*([}\]])", r"\1", match.group(0)))
-        except ValueError:
-            found = {}
-    scores = {}
-    for key in keys:
-        value = found.get(key) if isinstance(found, dict) else None
-        if value is None:  # not parsed as JSON: look for "key": 4 / [4] / "4" in the text
-            hit = re.search(rf'"?{re.escape(key)}"?\s*:\s*\[?\s*"?(-?\d+(?:\.\d+)?)', reply or "")
-            value = hit.group(1) if hit else None
-        if isinstance(value, list):
-            value = value[0] if value else None
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            value = None
-        scores[key] = value if value is not None and SCORE_RANGE[0] <= value <= SCORE_RANGE[1] else None
-    return scores
-
-
-# ------------------------------------------------------------------------------------ HTTP
-
-class HttpError(Exception):
-    def __init__(self, url, status, body):
-        super().__init__(f"{url}: HTTP {status}: {body[:500]}")
-        self.status, self.body = status, body
-
-
-def http_json(url, payload=None, timeout=600, headers=None):
-    """GET (payload None) or POST JSON; the decoded JSON reply."""
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise HttpError(url, error.code, error.read().decode(errors="replace")) from None
-    except urllib.error.URLError as error:
-        raise HttpError(url, "unreachable", str(error.reason)) from None
-
-
-class VlmScorer:
-    """Scores one image with an OpenAI-compatible chat-completions endpoint."""
-
-    def __init__(self, url, model, kind, timeout=300, **prompt_fields):
-        url = url.rstrip("/")
-        self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
-        self.model, self.kind, self.timeout, self.prompt_fields = model, kind, timeout, prompt_fields
-        self.keys = VLM_PROMPTS[kind][1]
-        key = os.environ.get("AUTOLORA_VLM_API_KEY")
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-
-    def request(self, png, prompt):
-        data_url = "data:image/png;base64," + base64.b64encode(png).decode()
-        text = vlm_prompt(self.kind, prompt=prompt, **self.prompt_fields)
-        return {"model": self.model, "temperature": 0, "max_tokens": 300,
-                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
-                                                          {"type": "text", "text": text}]}]}
-
-    def __call__(self, png, prompt):
-        """({score column: value or None}, the reply text)."""
-        response = http_json(self.url, self.request(png, prompt), self.timeout, self.headers)
-        content = response["choices"][0]["message"]["content"]
-        if isinstance(content, list):  # content parts
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        scores = parse_scores(content, list(self.keys))
-        return {column: scores[key] for key, column in self.keys.items()}, content
-
+from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
+from lib_autolora.tools import metrics
+from lib_autolora.tools.http_client import HttpError, http_json
+from lib_autolora.tools.vlm import VLM_PROMPTS, VlmScorer
 
 # ------------------------------------------------------------------------------------ grid
 
@@ -386,14 +252,15 @@ def plot_table(cells, columns, path):
 # --------------------------------------------------------------------------------------- CLI
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lib_autolora.sweep", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m lib_autolora.tools.sweep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (started with --api)")
     parser.add_argument("--prompt", required=True, help="the prompt, without the LoRA tag")
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--lora", required=True, help="the LoRA's name as in <lora:NAME:weight>")
     parser.add_argument("--lora-weights", type=parse_list, default=[0.8], help="comma-separated (default 0.8)")
-    parser.add_argument("--gammas", type=parse_list, default=[1.0, 1.5], help="comma-separated (default 1,1.5; 1 = plain LoRA)")
+    parser.add_argument("--gammas", type=parse_list, default=[1.0, 1.5],
+                        help="comma-separated (default 1,1.5; 1 = plain LoRA)")
     parser.add_argument("--w1", type=parse_list, default=[0.0], help="base CFG values (default 0 = the CFG scale)")
     parser.add_argument("--w2", type=parse_list, default=[0.0], help="LoRA CFG values (default 0 = the CFG scale)")
     parser.add_argument("--start", type=float, default=0.0)
@@ -412,7 +279,8 @@ def parse_args(argv=None):
     parser.add_argument("--vlm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--vlm-model", help="model name for the endpoint")
     parser.add_argument("--vlm-prompt", choices=sorted(VLM_PROMPTS), default="cps",
-                        help="cps: Appendix A.1 character presence; pc-sa: A.2 prompt correspondence and style adherence")
+                        help="cps: Appendix A.1 character presence; "
+                             "pc-sa: A.2 prompt correspondence and style adherence")
     parser.add_argument("--character", default="Princess Anna", help="for --vlm-prompt cps")
     parser.add_argument("--work", default="Disney’s Frozen movie", help="for --vlm-prompt cps")
     parser.add_argument("--style", default="pixel art", help="for --vlm-prompt pc-sa")

@@ -1,5 +1,5 @@
 """What AutoLoRA did in one generation, for the console line the user reads."""
-from lib_autolora.guidance import Passes
+from lib_autolora.core.guidance import Passes
 
 
 class RunReport:
@@ -30,7 +30,8 @@ class RunReport:
         if not self.active_steps:
             if params.gamma == 1:
                 return "AutoLoRA: gamma 1 is plain LoRA generation; no base pass was run."
-            return f"AutoLoRA: no denoiser call fell in the range {params.start:g}-{params.end:g}; plain LoRA generation."
+            return (f"AutoLoRA: no denoiser call fell in the range {params.start:g}-{params.end:g}; "
+                    "plain LoRA generation.")
         w1 = "CFG" if params.base_cfg is None else f"{params.base_cfg:g}"
         w2 = "CFG" if params.lora_cfg is None else f"{params.lora_cfg:g}"
         active = self.calls[Passes.BOTH] + self.calls[Passes.BASE]

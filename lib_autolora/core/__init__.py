@@ -1,0 +1,1 @@
+"""The host-free core: AutoLoRA's parameters, guidance math and console report."""

@@ -1,0 +1,37 @@
+"""What every supported host keeps of A1111's module API: its processing object's cond setup, its
+prompt schedules and its built-in Lora extension's list of loaded networks."""
+from lib_autolora.webui.generation import Generation
+
+from modules import devices, processing, prompt_parser
+
+COND_FIELDS = ("c", "uc", "hr_c", "hr_uc", "cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")
+
+
+class CommonGeneration(Generation):
+    def loaded_networks(self):
+        import networks  # the host's built-in Lora extension, importable once it has loaded
+        return networks.loaded_networks
+
+    def encode_base_conds(self, p, networks_off):
+        """Calls the host's own cond setup on fresh caches, so prompt editing schedules, hires prompts
+        and step counts are exactly the host's; restores every field it touches."""
+        saved = {name: p.__dict__[name] for name in COND_FIELDS if name in p.__dict__}
+        try:
+            for name in COND_FIELDS[4:]:
+                setattr(p, name, [None, None])
+            with networks_off(), devices.autocast():
+                if getattr(p, "is_hr_pass", False):
+                    p.hr_c = None
+                    p.calculate_hr_conds()
+                    return p.hr_c, p.hr_uc
+                processing.StableDiffusionProcessing.setup_conds(p)
+                return p.c, p.uc
+        finally:
+            for name in COND_FIELDS:
+                p.__dict__.pop(name, None)
+            p.__dict__.update(saved)
+
+    def conds_at_step(self, c, uc, step):
+        """As the host's denoiser rebuilds them at each step."""
+        conds_list, tensor = prompt_parser.reconstruct_multicond_batch(c, step)
+        return conds_list, tensor, None if uc is None else prompt_parser.reconstruct_cond_batch(uc, step)

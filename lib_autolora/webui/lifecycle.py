@@ -1,0 +1,72 @@
+"""The script's hooks: read the arguments, keep a Generation on the processing object for the
+generation's life, route the denoiser callback to it, undo everything at the end.
+
+The Generation lives on `p`, so a nested generation (an extension running one inside this one) has
+its own, and an X/Y/Z cell's copy of `p` gets its own.
+"""
+import functools
+
+from lib_autolora.core.params import FIELDS, AutoLoraParamError, AutoLoraParams
+from lib_autolora.webui import settings, xyz
+
+ATTRIBUTE = "autolora_generation"  # where a processing object keeps its Generation
+
+
+def _fail_sampling(error, *args, **kwargs):
+    raise error
+
+
+def begin(p, args, opts, generation_class, switched_off=False):
+    """`process`: read the arguments; on bad input make this generation fail with the message
+    (the WebUI only logs what a script hook raises, so the error is raised from `p.sample`).
+    `switched_off`: the server runs with AutoLoRA off; a request for it generates as usual."""
+    finish(p)
+    for field in FIELDS:  # X/Y/Z cells share this dict: drop what an earlier cell wrote
+        p.extra_generation_params.pop(field.infotext, None)
+    if switched_off:
+        if _asks_for_autolora(p, args):
+            print("AutoLoRA: not applied, the server runs with --autolora-off; generating as usual.")
+        return
+    try:
+        params = AutoLoraParams.from_args(args, settings.defaults(opts), xyz.overrides(p))
+    except AutoLoraParamError as error:
+        print(error)
+        p.sample = functools.partial(_fail_sampling, error)
+        return
+    if not params.enabled:
+        return
+    p.extra_generation_params.update(params.to_infotext())
+    setattr(p, ATTRIBUTE, generation_class(p, params, opts))
+
+
+def _asks_for_autolora(p, args):
+    try:
+        return AutoLoraParams.from_args(args, overrides=xyz.overrides(p)).enabled
+    except AutoLoraParamError:  # settings that enable it, some of them wrong
+        return True
+
+
+def prepare_pass(p):
+    """`process_before_every_sampling`."""
+    generation = getattr(p, ATTRIBUTE, None)
+    if generation is not None:
+        generation.prepare_pass(p)
+
+
+def finish(p):
+    """`postprocess`: print what AutoLoRA did, undo everything. A generation that failed on the
+    way is dropped with its `p` (and its copies of weights with it)."""
+    generation = p.__dict__.pop(ATTRIBUTE, None)
+    if generation is None:
+        return
+    line = generation.summary()
+    if line and settings.console_summary(generation.opts):
+        print(line)
+    generation.close()
+
+
+def on_cfg_denoiser(params):
+    """The WebUI's cfg_denoiser callback, registered once per script load."""
+    generation = getattr(getattr(params.denoiser, "p", None), ATTRIBUTE, None)
+    if generation is not None and generation.handles(params.denoiser):
+        generation.on_cfg_denoiser(params)
