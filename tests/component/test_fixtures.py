@@ -6,14 +6,14 @@ import safetensors.torch
 import torch
 
 from tests.support.fixtures import layouts, names
-from tests.support.fixtures.layouts import checkpoint_shapes, checkpoint_spec, checkpoint_state_dict
+from tests.support.fixtures.layouts import checkpoint_shapes, checkpoint_state_dict
 from tests.support.fixtures.loras import unet_blocks, write_loras
 from tests.support.fixtures.models import FORGE_SD15, TINY_SD1
 from tests.support.fixtures.tensors import save_safetensors, save_spec
 
 
 def test_streamed_checkpoint_is_the_file_of_its_tensors(tmp_path):
-    spec, extra = checkpoint_spec(TINY_SD1), layouts.extra_tensors(TINY_SD1)
+    spec, extra = TINY_SD1.spec(), TINY_SD1.extra_tensors()
     save_spec(spec, tmp_path / "streamed.safetensors", 7, torch.float16, extra, {"format": "pt"})
     whole = checkpoint_state_dict(TINY_SD1, 7, torch.float16)
     save_safetensors(whole, tmp_path / "whole.safetensors", {"format": "pt"})
@@ -71,7 +71,7 @@ def test_forge_checkpoint_is_what_forge_detects_as_sd15():
     assert layouts.parameter_count(shapes, "first_stage_model.") == 83_653_863
     assert layouts.parameter_count(shapes, UNET) < 30_000_000                   # the one part that shrinks
     # the pitfalls of random weights are handled here as for A1111
-    init = {key: kind for key, (_, kind) in checkpoint_spec(FORGE_SD15).entries.items()}
+    init = {key: kind for key, (_, kind) in FORGE_SD15.spec().entries.items()}
     assert init[TE + "final_layer_norm.bias"] == "final_ln_bias"
     assert init[UNET + "out.2.weight"] != "zeros" and init[UNET + "middle_block.1.proj_out.weight"] != "zeros"
 
