@@ -13,8 +13,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+pytestmark = pytest.mark.usefixtures("webui")  # the SD1 checkpoint, loaded
+
+
 @pytest.fixture(scope="module")
-def page(webui):
+def page(host):
+    host.use("sd1")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the UI test needs `pip install playwright`")
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"the UI test needs Chromium at {CHROMIUM} (apt-get install chromium) or AUTOLORA_CHROMIUM")
