@@ -2,6 +2,9 @@
 ControlNet on Forge), using the random-weight ControlNet of tests/support/controlnet_fixture.py.
 Start the WebUI with that file's fixtures (tests/README.md, "ControlNet"); without a ControlNet
 extension or the fixture these tests skip."""
+import collections
+import json
+
 import numpy as np
 import pytest
 
@@ -12,18 +15,22 @@ from tests.support import controlnet_fixture, make_fixtures
 CFG = 7.0
 LORA = make_fixtures.LORA_FILES[0]
 CHECKPOINTS = (controlnet_fixture.A1111_CKPT_NAME, make_fixtures.FORGE_CKPT_NAME)
-PAYLOAD = dict(prompt="a photo of a cat", negative_prompt="blurry, dark", seed=1234, steps=6, cfg_scale=CFG,
+PAYLOAD = dict(prompt="a photo of a cat", negative_prompt="blurry, dark", seed=1234, steps=4, cfg_scale=CFG,
                width=64, height=64, sampler_name="Euler a")
 HIRES = dict(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=3,
              hr_cfg=CFG, hr_additional_modules=["Use same choices"])  # the last two: Forge's; A1111 ignores them
 MODES = ("Balanced", "ControlNet is more important")  # the second guides only the cond rows: it needs the marks
+Host = collections.namedtuple("Host", "webui model no_preprocessor")
+IMAGES = {}  # (WebUI, request) -> result: checks share requests, and a generation takes minutes on A1111
 
 
 def _connect(url, purpose):
-    """The WebUI with its ControlNet checkpoint loaded, and the ControlNet fixture's model name."""
+    """The WebUI with its ControlNet checkpoint loaded, the fixture's ControlNet model and the name of
+    "no preprocessor" there (A1111's extension: "none", Forge: "None")."""
     webui = WebUI(url)
     try:
         models = webui.call("/controlnet/model_list")["model_list"]
+        modules = webui.call("/controlnet/module_list")["module_list"]
     except ApiError as error:
         pytest.skip(f"the WebUI at {url} ({purpose}) has no ControlNet API: {error}")
     model = next((m for m in models if m.startswith(controlnet_fixture.CONTROLNET_NAME)), None)
@@ -33,7 +40,7 @@ def _connect(url, purpose):
         pytest.skip(f"the WebUI at {url} ({purpose}) lacks the ControlNet fixtures (has {models} and {titles}): "
                     f"run tests/support/controlnet_fixture.py (see tests/README.md)")
     webui.call("/sdapi/v1/options", {"sd_model_checkpoint": title, "live_previews_enable": False})
-    return webui, model
+    return Host(webui, model, next(m for m in modules if m.lower() == "none"))
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +66,21 @@ def control_image(bright_half):
 
 
 def generate(host, control="left", mode="Balanced", lora_weight=1, autolora=None, **overrides):
-    """One txt2img image; control None: no ControlNet unit; autolora: AutoLoRA's args (named values or a list)."""
-    webui, model = host
+    """One txt2img image, made once per WebUI and request; control None: no ControlNet unit; autolora:
+    AutoLoRA's args (named values or a list)."""
     prompt = PAYLOAD["prompt"] if lora_weight is None else f"{PAYLOAD['prompt']} <lora:{LORA}:{lora_weight}>"
     scripts = {}
     if control is not None:
-        unit = {"enabled": True, "module": "None", "model": model, "image": control_image(control), "weight": 1.0,
-                "control_mode": mode, "save_detected_map": False}
+        unit = {"enabled": True, "module": host.no_preprocessor, "model": host.model, "image": control_image(control),
+                "weight": 1.0, "control_mode": mode, "save_detected_map": False}
         scripts["controlnet"] = {"args": [unit]}
     if autolora is not None:
         scripts["autolora"] = {"args": autolora if isinstance(autolora, list) else [autolora]}
-    return webui.txt2img({**PAYLOAD, **overrides, "prompt": prompt, "alwayson_scripts": scripts})
+    payload = {**PAYLOAD, **overrides, "prompt": prompt, "alwayson_scripts": scripts}
+    key = (host.webui.url, json.dumps(payload, sort_keys=True))
+    if key not in IMAGES:
+        IMAGES[key] = host.webui.txt2img(payload)
+    return IMAGES[key]
 
 
 def test_the_control_changes_the_image(host):
@@ -99,7 +110,7 @@ def test_gamma_one_equals_controlnet_with_plain_lora(host, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_gamma_zero_equals_controlnet_without_the_lora(host, mode):
-    base = generate(host, mode=mode, autolora={"gamma": 0.0, "base_cfg": CFG})
+    base = generate(host, mode=mode, autolora={"gamma": 0.0})  # w1 follows the CFG scale
     assert max_difference(base, generate(host, mode=mode, lora_weight=None)) == 0
 
 
