@@ -12,6 +12,7 @@ import functools
 import torch
 
 from lib_autolora.core import guidance
+from lib_autolora.hosts.a1111 import controlnet
 from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
 from lib_autolora.hosts.common import CommonGeneration
 
@@ -49,6 +50,9 @@ class A1111Generation(CommonGeneration):
 
     def handles(self, denoiser):
         return denoiser is self.denoiser
+
+    def encode_base_conds(self, p, networks_off):
+        return controlnet.mark_like_host(super().encode_base_conds(p, networks_off), p.get_conds())
 
     # -- once per sampling pass (every batch, and the hires pass) --
 
