@@ -100,10 +100,10 @@ class ForgeGeneration(CommonGeneration):
                 return previous(apply_model, args)
             return apply_model(args["input"], args["timestep"], **args["c"])
 
-        if self.step_passes is guidance.Passes.BASE:
-            with self.switch.networks_off():
-                return run()
-        return run()
+        if self.in_base_pass:  # the adapter's own base evaluation
+            return run()
+        with self.base_pass() if self.step_passes is guidance.Passes.BASE else self.lora_pass():
+            return run()
 
     def post_cfg(self, args):
         if self.step_passes is None or self.report.not_applied:
@@ -117,7 +117,7 @@ class ForgeGeneration(CommonGeneration):
         uncond_in = None
         if with_uncond and uncond is not None:
             uncond_in = forge_hooks.inherit(compile_conditions(uncond), args["uncond"])
-        with self.switch.networks_off():
+        with self.base_pass():
             return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
                                           args["model_options"])
 
