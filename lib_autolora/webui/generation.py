@@ -8,8 +8,15 @@ subclass through the methods that raise NotImplementedError here.
 import contextlib
 
 from lib_autolora.core import guidance
+from lib_autolora.core.params import FIELDS
 from lib_autolora.core.report import RunReport
 from lib_autolora.webui import console, settings, testing
+
+
+def forget_infotext(p):
+    """Takes AutoLoRA's entries out of the infotext the images of `p` will get."""
+    for field in FIELDS:
+        p.extra_generation_params.pop(field.infotext, None)
 
 
 def pass_label(p):
@@ -55,8 +62,16 @@ class Generation:
 
     # -- shared by every host --
 
+    def _give_up(self, reason):
+        """AutoLoRA stands aside for the rest of the generation; True the first time."""
+        if not self.report.stand_aside(reason):
+            return False
+        if not self.report.active_steps:  # nothing applied: the infotext must not say otherwise
+            forget_infotext(self.p)
+        return True
+
     def stand_aside(self, reason):
-        if self.report.stand_aside(reason) and settings.console_summary(self.opts):
+        if self._give_up(reason) and settings.console_summary(self.opts):
             done = "the rest is generated" if self.report.active_steps else "generating"
             console.say(f"AutoLoRA: not applied, {reason}; {done} as usual.")
 
@@ -69,7 +84,7 @@ class Generation:
             yield
         except Exception as error:
             self.close()
-            if self.report.stand_aside(f"{what} failed"):
+            if self._give_up(f"{what} failed"):
                 console.say(f"AutoLoRA: {what} failed ({type(error).__name__}: {str(error)[:200]}); "
                             "AutoLoRA undid its changes and stands aside for the rest of this generation.")
             raise

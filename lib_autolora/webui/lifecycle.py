@@ -6,8 +6,9 @@ its own, and an X/Y/Z cell's copy of `p` gets its own.
 """
 import functools
 
-from lib_autolora.core.params import FIELDS, AutoLoraParamError, AutoLoraParams
+from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
 from lib_autolora.webui import console, settings, testing, xyz
+from lib_autolora.webui.generation import forget_infotext
 
 ATTRIBUTE = "autolora_generation"  # where a processing object keeps its Generation
 
@@ -22,8 +23,7 @@ def begin(p, args, opts, generation_class, switched_off=False):
     `switched_off`: the server runs with AutoLoRA off; a request for it generates as usual."""
     finish(p)
     testing.count("generations begun")
-    for field in FIELDS:  # X/Y/Z cells share this dict: drop what an earlier cell wrote
-        p.extra_generation_params.pop(field.infotext, None)
+    forget_infotext(p)  # X/Y/Z cells share the infotext dict: drop what an earlier cell wrote
     if switched_off:
         if _asks_for_autolora(p, args):
             console.say("AutoLoRA: not applied, the server runs with --autolora-off; generating as usual.")

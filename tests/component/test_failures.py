@@ -77,6 +77,7 @@ def test_a_fault_in_setup_leaves_plain_lora_generation(a1111, armed, webui_catch
     assert [type(e) for e in webui_catches] == [testing.InjectedFault]  # said once, then AutoLoRA stands aside
     assert torch.equal(run.samples, torch.cat([references[0]] * 2)), "must generate as plain LoRA generation"
     assert "AutoLoRA: setting up failed (InjectedFault" in capsys.readouterr().out
+    assert run.p.extra_generation_params == {}, "the images' infotext must not claim AutoLoRA"
     for denoiser in run.denoisers:
         assert "combine_denoised" not in denoiser.__dict__ and "forward" not in denoiser.inner_model.__dict__
     armed("")
@@ -141,3 +142,10 @@ def test_the_state_report_sees_a_generation_that_outlives_its_request(a1111, arm
     lifecycle.begin(p, GUIDED, a1111.shared.opts, adapter_class)
     p.denoiser = types.SimpleNamespace(combine_denoised=functools.partial(lifecycle.finish, p))  # a leaked hook
     assert grown("generations") == 1 and grown("holders", "SimpleNamespace") == 1
+
+
+def test_standing_aside_before_any_step_leaves_no_autolora_infotext(a1111, capsys):  # noqa: F811
+    assert generate(a1111, GUIDED).p.extra_generation_params == {"AutoLoRA": True}
+    run = generate(a1111, GUIDED, networks=False)
+    assert "AutoLoRA: not applied, no LoRA network is active in the prompt" in capsys.readouterr().out
+    assert run.p.extra_generation_params == {}
