@@ -48,7 +48,21 @@ def infotext_settings(text):
                                           if ": " in part) if key in INFOTEXT}
 
 
-def check(kind, answer, status, reply):
+def beyond_64_bits(value):
+    """Whether the request holds an integer the WebUI cannot echo in its reply (it answers with the
+    request's parameters, encoded by orjson)."""
+    if isinstance(value, dict):
+        return any(beyond_64_bits(v) for v in value.values())
+    if isinstance(value, list):
+        return any(beyond_64_bits(v) for v in value)
+    return isinstance(value, int) and not -2 ** 63 <= value < 2 ** 64
+
+
+def check(kind, answer, status, reply, request=None):
+    if answer.accepted and beyond_64_bits(request):
+        assert status == 500 and "Integer exceeds 64-bit range" in reply, (status, message(reply)[:300])
+        ANSWERS[(kind, "accepted, then the WebUI fails its reply (integer beyond 64 bits)")] += 1
+        return
     if not answer.accepted:
         assert status == 500, f"{kind}: expected a rejection naming {sorted(answer.bad_keys)}, got {status}"
         assert names_a_key(message(reply), answer.bad_keys), (message(reply)[:300], sorted(answer.bad_keys))
@@ -78,7 +92,8 @@ def check_not_a_list(value, status, reply):
     """`args` that is no list, read by the WebUI's own code as the README says: a string as a list of
     its characters, an empty object as no values; anything else fails the request in the WebUI."""
     if isinstance(value, str) or value == {}:
-        return check("args not a list (string, {})", expect_args(list(value), positions=len(KEYS)), status, reply)
+        return check("args not a list (string, {})", expect_args(list(value), positions=len(KEYS)), status, reply,
+                     value)
     assert status in (422, 500), f"args={value!r} must be refused by the WebUI, got {status}"
     ANSWERS[("args not a list", f"refused by the WebUI (HTTP {status})")] += 1
 
@@ -92,7 +107,7 @@ def test_malformed_arguments_are_answered_as_the_readme_says(armed, fresh, drawn
     if kind == "args not a list":
         check_not_a_list(args, status, reply)
     else:
-        check(kind, expect_args(args, positions=len(KEYS)), status, reply)
+        check(kind, expect_args(args, positions=len(KEYS)), status, reply, args)
 
 
 @settings(max_examples=EXAMPLES["infotext"], deadline=None, derandomize=True, database=None,

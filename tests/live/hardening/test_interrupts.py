@@ -10,7 +10,7 @@ import pytest
 from tests.live.hardening.conftest import OFF, asking, assert_fresh, last_line, record
 from tests.live.test_invariants import autolora
 
-PACE = "0.25"  # seconds per denoiser call
+PACE = "0.6"  # seconds per denoiser call: the polls below must see each step
 STEPS = 8
 PAYLOAD = {**OFF, "steps": STEPS, "alwayson_scripts": autolora(gamma=2.0, start=0.25, end=0.75)}
 SIGNALS = []
@@ -47,7 +47,8 @@ def test_a_signal_mid_sampling_stops_cleanly(armed, fresh, endpoint, at_step):
     said = last_line(armed, "AutoLoRA: gamma 2")
     assert said and f"Sampling was {flag} after denoiser step" in said, said
     step = int(said.rsplit("step ", 1)[1].rstrip("."))
-    assert at_step - 1 <= step < STEPS - 1, said
+    # the WebUI checks the flags when a denoiser call starts: the call under way when the signal came ends
+    assert at_step <= step <= min(at_step + 2, STEPS - 1), said
     assert_fresh(armed, fresh)
     record("interrupts and skips", sent=len(SIGNALS))
 
