@@ -84,7 +84,7 @@ class ForgeGeneration(CommonGeneration):
         forge_hooks.install(unet.model_options, self)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
-        sd_model.forge_objects.unet = unet
+        self.patch(sd_model.forge_objects, "unet", unet)  # undone at the end: the hooks must not outlive us
 
     # -- per denoiser call --
 
