@@ -2,9 +2,10 @@
 patcher's model options, the post-CFG combination on their argument layout, and the text encoder
 without LoRA. Host-free: the WebUI's objects are handed in.
 
-A generation that installs the hooks provides `step_passes`, `pass_params`, `report`, `switch`,
-`host_scale` (the CFG scale the host used for the call, where its post-CFG arguments do not say)
-and `evaluate_base(args, with_uncond)` -> the base model's (cond, uncond) predictions.
+A generation that installs the hooks provides `step_passes`, `pass_params`, `report`,
+`in_base_pass`, `base_pass()`, `lora_pass()`, `host_scale` (the CFG scale the host used for the
+call, where its post-CFG arguments do not say) and `evaluate_base(args, with_uncond)` -> the base
+model's (cond, uncond) predictions.
 """
 import contextlib
 import math
@@ -98,10 +99,10 @@ def _model_function(generation, previous, apply_model, args):
             return previous(apply_model, args)
         return apply_model(args["input"], args["timestep"], **args["c"])
 
-    if generation.step_passes is guidance.Passes.BASE:
-        with generation.switch.networks_off():
-            return run()
-    return run()
+    if generation.in_base_pass:  # the adapter's own base evaluation
+        return run()
+    with generation.base_pass() if generation.step_passes is guidance.Passes.BASE else generation.lora_pass():
+        return run()
 
 
 def _post_cfg(generation, args):

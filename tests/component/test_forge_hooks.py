@@ -40,9 +40,17 @@ class CountingSwitch:
 class FakeGeneration:
     """Stands for an adapter's generation; deep-copying it would copy the model it holds."""
 
+    in_base_pass = False
+
     def __init__(self, calls):
         self.step_passes = None
         self.switch = CountingSwitch(calls)
+
+    def base_pass(self):
+        return self.switch.networks_off()
+
+    def lora_pass(self):
+        return contextlib.nullcontext()
 
     def __deepcopy__(self, memo):
         raise AssertionError("the generation must not be deep-copied with the patcher's options")

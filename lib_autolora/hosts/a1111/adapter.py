@@ -22,12 +22,13 @@ from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
 
 def _counting_forward(generation, host_forward, x, *args, **kwargs):
     """The denoiser's inner model, as patched: counts the rows the host evaluates (fewer when it
-    skips the uncond pass) and runs base-only calls with the networks off."""
+    skips the uncond pass); the host's own evaluations are the LoRA pass, or the base pass (networks
+    off) in base-only calls."""
     generation.rows_evaluated += x.shape[0]
-    if generation.step_passes is guidance.Passes.BASE:
-        with generation.switch.networks_off():
-            return host_forward(x, *args, **kwargs)
-    return host_forward(x, *args, **kwargs)
+    if generation.in_base_pass:  # the adapter's own base evaluation
+        return host_forward(x, *args, **kwargs)
+    with generation.base_pass() if generation.step_passes is guidance.Passes.BASE else generation.lora_pass():
+        return host_forward(x, *args, **kwargs)
 
 
 def _condition(cond, image_cond):
@@ -123,7 +124,7 @@ class A1111Generation(CommonGeneration):
             return model(x_in[a:b], sigma_in[a:b], cond=_condition(cond, image_cond_in[a:b]))
 
         rows = x_in.shape[0]
-        with self.switch.networks_off():
+        with self.base_pass():
             if skipped or tensor.shape[1] == uncond.shape[1]:
                 cond_in = tensor if skipped else catenate_conds([tensor, uncond])
                 chunk = rows if opts.batch_cond_uncond else batch_size

@@ -70,7 +70,7 @@ class ForgeGeneration(CommonGeneration):
         patcher_hooks.install(unet.model_options, self)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
-        sd_model.forge_objects.unet = unet
+        self.patch(sd_model.forge_objects, "unet", unet)  # undone at the end: the hooks must not outlive us
 
     # -- per denoiser call --
 
@@ -84,7 +84,7 @@ class ForgeGeneration(CommonGeneration):
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
         cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
                                                       compile_weighted_conditions, compile_conditions)
-        with self.switch.networks_off():
+        with self.base_pass():
             return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
                                           args["model_options"])
 

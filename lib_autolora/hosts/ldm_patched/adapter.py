@@ -57,7 +57,8 @@ class LdmPatchedGeneration(CommonGeneration):
         self.use_switch(lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch), unet.model)
         self.report.networks = [n.name for n in loaded]
         self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), p.get_conds())
-        sd_model.forge_objects.unet = self._hooked(unet, _pass_scale(p))
+        # undone at the end: the hooks must not outlive the generation
+        self.patch(sd_model.forge_objects, "unet", self._hooked(unet, _pass_scale(p)))
 
     def _unsupported(self, sd_model, unet):
         """Why AutoLoRA cannot guide this pass, or None."""
@@ -93,7 +94,7 @@ class LdmPatchedGeneration(CommonGeneration):
         cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
                                                       forge_sampler.cond_from_a1111_to_patched_ldm_weighted,
                                                       forge_sampler.cond_from_a1111_to_patched_ldm)
-        with self.switch.networks_off():
+        with self.base_pass():
             return sampling.predictions(samplers, args["model"], cond_in, uncond_in, args["input"], args["sigma"],
                                         args["model_options"], args.get("cond_scale", self.host_scale))
 
