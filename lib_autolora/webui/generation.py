@@ -56,6 +56,19 @@ class Generation:
             done = "the rest is generated" if self.report.active_steps else "generating"
             print(f"AutoLoRA: not applied, {reason}; {done} as usual.")
 
+    def say_once(self, message):
+        if self.report.note(message) and settings.console_summary(self.opts):
+            print(f"AutoLoRA: {message}")
+
+    def memory_mode(self):
+        """The switch's memory mode: batched evaluation takes the lean path unless `fast` is asked for."""
+        return "lean" if self.params.batched and self.params.memory == "auto" else self.params.memory
+
+    def plain_pass(self):
+        """Whether every call of the pass is plain LoRA generation with the host's own scale (gamma 1, w2
+        following the CFG scale): then nothing is installed."""
+        return self.pass_params.gamma == 1 and self.pass_params.lora_cfg is None
+
     def start_pass(self, p):
         """The prompt's loaded networks if AutoLoRA applies to the sampling pass that starts, else
         None (the hires pass can be off; without networks AutoLoRA stands aside)."""
@@ -111,7 +124,8 @@ class Generation:
         switch = self.switch
         if switch is None:
             return self.report.summary()
-        return self.report.summary(switch.switches, switch.switch_seconds, switch.held_bytes())
+        return self.report.summary(switch.switches, switch.switch_seconds, switch.held_bytes(), switch.describe(),
+                                   switch.changed_bytes())
 
     def close(self):
         for obj, name, previous in reversed(self.patched):

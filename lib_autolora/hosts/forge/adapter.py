@@ -18,7 +18,6 @@ from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.forge import hooks as forge_hooks
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 
-from backend import utils as backend_utils
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
 from modules import shared
@@ -76,9 +75,10 @@ class ForgeGeneration(CommonGeneration):
         if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
             return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
                                     "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
-        self.use_switch(lambda: ForgeLoraSwitch(unet.model, backend_utils.get_attr, backend_utils.set_attr_raw),
-                        unet.model)
         self.report.networks = [n.name for n in loaded]
+        if self.plain_pass():
+            return
+        self.use_switch(lambda: ForgeLoraSwitch(unet.model, unet.lora_patches, self.memory_mode()), unet.model)
         self.set_base_conds(p, functools.partial(_original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
         forge_hooks.install(unet.model_options, self)
@@ -101,7 +101,7 @@ class ForgeGeneration(CommonGeneration):
             return apply_model(args["input"], args["timestep"], **args["c"])
 
         if self.step_passes is guidance.Passes.BASE:
-            with self.switch.networks_off():
+            with self.switch.networks_off(exact=True):
                 return run()
         return run()
 
