@@ -9,6 +9,7 @@ from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 GENERATION = hosts.generation_class()
+SWITCHED_OFF = getattr(shared.cmd_opts, "autolora_off", False)  # preload.py's option
 
 script_callbacks.on_cfg_denoiser(lifecycle.on_cfg_denoiser)
 script_callbacks.on_ui_settings(lambda: settings.add_settings(shared, gr))
@@ -31,13 +32,13 @@ class AutoLoraScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        components = ui.build("img2img" if is_img2img else "txt2img", shared.opts, InputAccordion)
+        components = ui.build("img2img" if is_img2img else "txt2img", shared.opts, InputAccordion, SWITCHED_OFF)
         self.infotext_fields = ui.infotext_fields(components)
         self.paste_field_names = [field.infotext for field in FIELDS]
         return components
 
     def process(self, p, *args):
-        lifecycle.begin(p, args, shared.opts, GENERATION)
+        lifecycle.begin(p, args, shared.opts, GENERATION, SWITCHED_OFF)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         lifecycle.prepare_pass(p)

@@ -1,6 +1,16 @@
 """One sub-package per host family. Which one runs is decided here, from what imports, never from
-version strings; no adapter imports this module."""
+version strings; no adapter imports this module.
+
+Each family's package states in REQUIRES what of the WebUI its adapter uses, as (file, text that
+file holds, what provides it), so `install.py` can name what an unsupported WebUI lacks before the
+first generation instead of failing inside one.
+"""
+import importlib
 import importlib.util
+import os
+
+# (family, the module that marks it, its Generation class); the first whose marker is found runs
+FAMILIES = (("forge", "backend.patcher", "ForgeGeneration"), ("a1111", None, "A1111Generation"))
 
 
 def _has(module):
@@ -10,15 +20,32 @@ def _has(module):
         return False
 
 
+def family():
+    """The name of the host family that runs us."""
+    return next(name for name, marker, _ in FAMILIES if marker is None or _has(marker))
+
+
 def is_forge():
-    """Forge's 2024-25 backend (and the forks that keep it) has `backend.patcher`."""
-    return _has("backend.patcher")
+    return family() == "forge"
 
 
 def generation_class():
     """The Generation class of the host family that runs us."""
-    if is_forge():
-        from lib_autolora.hosts.forge.adapter import ForgeGeneration
-        return ForgeGeneration
-    from lib_autolora.hosts.a1111.adapter import A1111Generation
-    return A1111Generation
+    name = family()
+    adapter = importlib.import_module(f"lib_autolora.hosts.{name}.adapter")
+    return getattr(adapter, next(cls for family_name, _, cls in FAMILIES if family_name == name))
+
+
+def missing(webui_root, name=None):
+    """What the WebUI at `webui_root` lacks of what the family's adapter uses: [(file, what provides it)]."""
+    requires = importlib.import_module(f"lib_autolora.hosts.{name or family()}").REQUIRES
+    lacking = []
+    for path, text, provider in requires:
+        try:
+            with open(os.path.join(webui_root, path), encoding="utf-8") as handle:
+                found = text in handle.read()
+        except OSError:
+            found = False
+        if not found:
+            lacking.append((path, provider))
+    return lacking

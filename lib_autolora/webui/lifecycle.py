@@ -16,12 +16,17 @@ def _fail_sampling(error, *args, **kwargs):
     raise error
 
 
-def begin(p, args, opts, generation_class):
+def begin(p, args, opts, generation_class, switched_off=False):
     """`process`: read the arguments; on bad input make this generation fail with the message
-    (the WebUI only logs what a script hook raises, so the error is raised from `p.sample`)."""
+    (the WebUI only logs what a script hook raises, so the error is raised from `p.sample`).
+    `switched_off`: the server runs with AutoLoRA off; a request for it generates as usual."""
     finish(p)
     for field in FIELDS:  # X/Y/Z cells share this dict: drop what an earlier cell wrote
         p.extra_generation_params.pop(field.infotext, None)
+    if switched_off:
+        if _asks_for_autolora(p, args):
+            print("AutoLoRA: not applied, the server runs with --autolora-off; generating as usual.")
+        return
     try:
         params = AutoLoraParams.from_args(args, settings.defaults(opts), xyz.overrides(p))
     except AutoLoraParamError as error:
@@ -32,6 +37,13 @@ def begin(p, args, opts, generation_class):
         return
     p.extra_generation_params.update(params.to_infotext())
     setattr(p, ATTRIBUTE, generation_class(p, params, opts))
+
+
+def _asks_for_autolora(p, args):
+    try:
+        return AutoLoraParams.from_args(args, overrides=xyz.overrides(p)).enabled
+    except AutoLoraParamError:  # settings that enable it, some of them wrong
+        return True
 
 
 def prepare_pass(p):

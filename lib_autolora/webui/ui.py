@@ -15,7 +15,7 @@ def _component(field, value, elem_id):
     return gr.Checkbox(label=field.label, info=field.hint, value=value, elem_id=elem_id)
 
 
-def build(tab, opts, input_accordion):
+def build(tab, opts, input_accordion, switched_off=False):
     """The components, in the order of FIELDS (the script's positional arguments); `input_accordion`
     is the WebUI's accordion with an enable box in its header."""
     defaults = settings.defaults(opts)
@@ -27,6 +27,9 @@ def build(tab, opts, input_accordion):
     with input_accordion(False, label="AutoLoRA", elem_id=f"autolora_{tab}_enabled") as enabled:
         made["enabled"] = enabled
         gr.Markdown(FIELDS_BY_NAME["enabled"].hint)
+        if switched_off:
+            gr.Markdown("**Switched off on this server** (`--autolora-off`): generations run as usual.")
+        gr.HTML("", elem_id=f"autolora_{tab}_notice")  # javascript/autolora.js writes its notice here
         add("gamma")
         for row in (("base_cfg", "lora_cfg"), ("start", "end")):
             with gr.Row():

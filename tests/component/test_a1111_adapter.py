@@ -262,3 +262,14 @@ def test_disabled_arguments_leave_p_untouched(a1111, args):
     a1111.begin(p, args)
     assert p.__dict__ == before and p.extra_generation_params == extra
     assert torch.equal(generate(a1111, args).samples, generate(a1111).samples)
+
+
+@pytest.mark.parametrize("args", [[{"gamma": 2.0}], [{"gamma": -1}]])
+def test_switched_off_server_generates_as_usual_and_says_so(a1111, args, capsys):
+    p = a1111.processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
+    before, extra = dict(p.__dict__), dict(p.extra_generation_params)
+    lifecycle.begin(p, args, a1111.shared.opts, object, switched_off=True)  # no Generation may be made
+    assert p.__dict__ == before and p.extra_generation_params == extra
+    assert "the server runs with --autolora-off" in capsys.readouterr().out
+    lifecycle.begin(p, [False], a1111.shared.opts, object, switched_off=True)
+    assert capsys.readouterr().out == ""
