@@ -156,3 +156,62 @@ def test_host_detection_is_from_what_imports(monkeypatch):
         return real(name, *a)
     monkeypatch.setattr(importlib.util, "find_spec", no_backend)
     assert not hosts.is_forge()
+
+
+class Condition:
+    """Forge's backend.sampling.condition.Condition, as calc_cond_uncond_batch uses it."""
+
+    def __init__(self, cond):
+        self.cond = cond
+
+    def process_cond(self, batch_size, device, **kwargs):
+        return Condition(self.cond.repeat(batch_size // self.cond.shape[0], *[1] * (self.cond.dim() - 1)).to(device))
+
+    def concat(self, others):
+        return torch.cat([self.cond] + [other.cond for other in others])
+
+
+def entries(seed):
+    torch.manual_seed(seed)
+    return [{"model_conds": {"c_crossattn": Condition(torch.randn(1, 5, 8)), "y": Condition(torch.randn(1, 3))}}
+            for _ in range(2)]
+
+
+@pytest.mark.parametrize("cond_or_uncond", [[1, 0], [0, 1], [0]])
+def test_batched_conditioning_appends_the_base_chunks_in_the_hosts_order(cond_or_uncond):
+    lora, base = entries(0), entries(1)
+    x = torch.zeros(len(cond_or_uncond), 4, 8, 8)
+    chunks = [{k: v.process_cond(1, "cpu").cond for k, v in lora[kind]["model_conds"].items()}
+              for kind in cond_or_uncond]
+    host_c = {key: torch.cat([chunk[key] for chunk in chunks]) for key in ("c_crossattn", "y")}
+    host_c["c_concat"] = torch.randn(len(cond_or_uncond), 4, 8, 8)
+    host_c["transformer_options"] = {"cond_or_uncond": cond_or_uncond, "cond_mark": torch.tensor(cond_or_uncond),
+                                     "cond_indices": [i for i, k in enumerate(cond_or_uncond) if k == 0]}
+    joined = forge_hooks.batched_conditioning(host_c, base, cond_or_uncond, x)
+    rows = len(cond_or_uncond)
+    assert torch.equal(joined["c_crossattn"][:rows], host_c["c_crossattn"])
+    for row, kind in enumerate(cond_or_uncond):
+        assert torch.equal(joined["c_crossattn"][rows + row], base[kind]["model_conds"]["c_crossattn"].cond[0])
+        assert torch.equal(joined["y"][rows + row], base[kind]["model_conds"]["y"].cond[0])
+    assert torch.equal(joined["c_concat"], torch.cat([host_c["c_concat"]] * 2)), "a key the base lacks repeats"
+    options = joined["transformer_options"]
+    assert options["cond_or_uncond"] == cond_or_uncond * 2
+    assert options["cond_indices"] == [i for i, k in enumerate(cond_or_uncond * 2) if k == 0]
+    assert host_c["transformer_options"]["cond_or_uncond"] == cond_or_uncond, "the host's options stay"
+
+
+def test_batched_conditioning_refuses_different_shapes():
+    lora, base = entries(0), entries(1)
+    for entry in base:  # a longer prompt for the base model
+        entry["model_conds"]["c_crossattn"] = Condition(torch.randn(1, 10, 8))
+    host_c = {"c_crossattn": torch.cat([entry["model_conds"]["c_crossattn"].cond for entry in lora[::-1]])}
+    with pytest.raises(ValueError, match="c_crossattn differs in shape"):
+        forge_hooks.batched_conditioning(host_c, base, [1, 0], torch.zeros(2, 4, 8, 8))
+
+
+def test_base_predictions_split_the_chunks_by_kind():
+    rows = torch.arange(4.0).reshape(4, 1)
+    cond, uncond = forge_hooks.base_predictions(rows, [1, 0])
+    assert torch.equal(cond, rows[2:]) and torch.equal(uncond, rows[:2])
+    cond, uncond = forge_hooks.base_predictions(rows[:2], [0])
+    assert torch.equal(cond, rows[:2]) and torch.equal(uncond, torch.zeros(2, 1))

@@ -17,6 +17,7 @@ from lib_autolora.core import guidance
 from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.forge import hooks as forge_hooks
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
+from lib_autolora.hosts.layer_off import BatchLayoutError
 
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
@@ -51,6 +52,9 @@ class ForgeGeneration(CommonGeneration):
         super().__init__(p, params, opts)
         self.step_base_conds = None
         self.host_scale = None
+        self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
+        self.batch_failed = None  # why batched evaluation cannot apply to this generation
+        self.evaluating_base = False  # while the adapter's own base evaluation calls the model
 
     def handles(self, denoiser):
         return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
@@ -78,7 +82,9 @@ class ForgeGeneration(CommonGeneration):
         self.report.networks = [n.name for n in loaded]
         if self.plain_pass():
             return
-        self.use_switch(lambda: ForgeLoraSwitch(unet.model, unet.lora_patches, self.memory_mode()), unet.model)
+        patches = getattr(unet, "lora_patches", {})
+        self.use_switch(lambda: ForgeLoraSwitch(unet.model, patches, self.memory_mode()),
+                        (unet.model, str(list(patches.keys()))))
         self.set_base_conds(p, functools.partial(_original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
         forge_hooks.install(unet.model_options, self)
@@ -92,18 +98,54 @@ class ForgeGeneration(CommonGeneration):
         if shared.sd_model.forge_objects.unet.model is not self.switch.model:
             self.stand_aside("a refiner swapped the model during sampling")
         self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
+        self.batched_base = None
         self.step_base_conds = self.begin_call(params)
 
     def model_function(self, previous, apply_model, args):
-        def run():
+        def run(call_args):
             if previous is not None:
-                return previous(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
+                return previous(apply_model, call_args)
+            return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
 
         if self.step_passes is guidance.Passes.BASE:
             with self.switch.networks_off(exact=True):
-                return run()
-        return run()
+                return run(args)
+        if self.step_passes is guidance.Passes.BOTH and self.pass_params.batched and not self.evaluating_base:
+            return self._evaluate_batched(run, args)
+        return run(args)
+
+    def _batch_obstacle(self, args):
+        """Why this model call cannot take the base rows too, or None."""
+        conds_list, _, uncond = self.step_base_conds
+        if not self.switch.merged_everywhere():
+            return "online LoRA patches are applied in each forward, not merged into the weights"
+        if "control" in args["c"]:
+            return "ControlNet computes its control for the host's rows only"
+        if len(conds_list[0]) != 1 or sorted(args["cond_or_uncond"]) not in ([0], [0, 1]):
+            return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
+        if 1 in args["cond_or_uncond"] and uncond is None:
+            return "the base model has no uncond here"
+        return None
+
+    def _evaluate_batched(self, run, args):
+        """The host's model call with the base model's rows of the step appended; the base predictions
+        are kept for post_cfg. Where that cannot apply, says why once and runs two calls."""
+        reason = self.batch_failed or self._batch_obstacle(args)
+        if reason is None:
+            conds_list, tensor, uncond = self.step_base_conds
+            entries = compile_weighted_conditions(tensor, conds_list) + (compile_conditions(uncond) or [])
+            rows = args["input"].shape[0]
+            try:
+                c = forge_hooks.batched_conditioning(args["c"], entries, args["cond_or_uncond"], args["input"])
+                with self.switch.networks_off(batch_rows=rows):
+                    out = run({**args, "input": torch.cat([args["input"]] * 2), "c": c,
+                               "timestep": torch.cat([args["timestep"]] * 2)})
+                self.batched_base = forge_hooks.base_predictions(out[rows:], args["cond_or_uncond"])
+                return out[:rows]
+            except (ValueError, BatchLayoutError) as error:
+                reason = self.batch_failed = str(error)
+        self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
+        return run(args)
 
     def post_cfg(self, args):
         if self.step_passes is None or self.report.not_applied:
@@ -112,14 +154,20 @@ class ForgeGeneration(CommonGeneration):
 
     def _evaluate_base(self, args, with_uncond):
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
+        if self.batched_base is not None:
+            return self.batched_base
         conds_list, tensor, uncond = self.step_base_conds
         cond_in = forge_hooks.inherit(compile_weighted_conditions(tensor, conds_list), args["cond"])
         uncond_in = None
         if with_uncond and uncond is not None:
             uncond_in = forge_hooks.inherit(compile_conditions(uncond), args["uncond"])
-        with self.switch.networks_off():
-            return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
-                                          args["model_options"])
+        self.evaluating_base = True
+        try:
+            with self.switch.networks_off():
+                return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
+                                              args["model_options"])
+        finally:
+            self.evaluating_base = False
 
     def close(self):
         super().close()

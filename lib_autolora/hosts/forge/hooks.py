@@ -2,6 +2,8 @@
 and the post-CFG combination on Forge's argument layout."""
 import math
 
+import torch
+
 from lib_autolora.core import guidance
 
 MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
@@ -81,3 +83,41 @@ def combine(args, passes, params, host_scale, evaluate_base):
     lora = guided(*host, params.lora_cfg, args["denoised"])
     base_cond, base_uncond = evaluate_base(args, with_uncond)
     return guidance.autolora(guided(base_uncond, base_cond, params.base_cfg), lora, params.gamma)
+
+
+def batched_conditioning(host_c, base_entries, cond_or_uncond, input_x):
+    """The conditioning of a model call with the base rows appended: for each chunk of the host's call
+    (cond or uncond, in its order) the matching base entry's conditions, processed as
+    calc_cond_uncond_batch processes them and joined to the host's key by key. Keys the base entries
+    lack (an image cond) repeat the host's; transformer options mark the base chunks like the host's.
+    Raises ValueError where a shape differs."""
+    batch = input_x.shape[0] // len(cond_or_uncond)
+    area = (input_x.shape[2], input_x.shape[3], 0, 0)
+    chunks = [{key: value.process_cond(batch_size=batch, device=input_x.device, area=area)
+               for key, value in base_entries[kind]["model_conds"].items()} for kind in cond_or_uncond]
+    joined = dict(host_c)
+    for key, value in host_c.items():
+        if not torch.is_tensor(value):
+            continue
+        base = chunks[0][key].concat([chunk[key] for chunk in chunks[1:]]) if key in chunks[0] else value
+        if not torch.is_tensor(base) or base.shape != value.shape:
+            raise ValueError(f"the base model's {key} differs in shape from the LoRA model's")
+        joined[key] = torch.cat([value, base])
+    if "transformer_options" in host_c:
+        options = joined["transformer_options"] = dict(host_c["transformer_options"])
+        options["cond_or_uncond"] = list(cond_or_uncond) * 2
+        rows = input_x.shape[0]
+        for key in ("cond_indices", "uncond_indices"):
+            if key in options:
+                options[key] = list(options[key]) + [i + rows for i in options[key]]
+        if torch.is_tensor(options.get("cond_mark")):
+            options["cond_mark"] = torch.cat([options["cond_mark"]] * 2)
+    return joined
+
+
+def base_predictions(base_rows, cond_or_uncond):
+    """(cond, uncond) predictions from the base rows of a batched call; uncond zero where the host
+    evaluated none, as calc_cond_uncond_batch returns it."""
+    chunks = dict(zip(cond_or_uncond, base_rows.chunk(len(cond_or_uncond))))
+    cond = chunks[0]
+    return cond, chunks.get(1, torch.zeros_like(cond))
