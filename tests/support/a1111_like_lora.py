@@ -38,11 +38,11 @@ class LoraModule:
         return self.alpha / self.dim
 
     def calc_updown(self, weight):
-        up, down = self.up_model.weight.flatten(1), self.down_model.weight.flatten(1)
+        up, down = (m.weight.to(weight.device).flatten(1) for m in (self.up_model, self.down_model))
         if self.mid_model is None:
             updown = (up @ down).reshape(weight.shape)
         else:
-            updown = torch.einsum("nmkl,in,mj->ijkl", self.mid_model.weight, up, down)
+            updown = torch.einsum("nmkl,in,mj->ijkl", self.mid_model.weight.to(weight.device), up, down)
         return updown * self.calc_scale() * self.multiplier(), None
 
 
@@ -51,7 +51,7 @@ class LohaModule:
         self.w1, self.w2, self.scale = w1a @ w1b, w2a @ w2b, multiplier * alpha / w1b.shape[0]
 
     def calc_updown(self, weight):
-        return (self.w1 * self.w2).reshape(weight.shape) * self.scale, None
+        return (self.w1 * self.w2).to(weight.device).reshape(weight.shape) * self.scale, None
 
 
 class NormModule:

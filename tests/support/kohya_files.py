@@ -20,7 +20,7 @@ def _lora_tensors(layer, rank, generator, strength, tucker):
         out_f, in_f = layer.weight.shape
         down = torch.randn(rank, in_f, generator=generator)
         up = torch.randn(out_f, rank, generator=generator)
-    scale = strength * layer.weight.detach().std() / (down.norm() * up.norm() / rank) ** 0.5
+    scale = strength * float(layer.weight.detach().float().std()) / float(down.norm() * up.norm() / rank) ** 0.5
     return down * scale ** 0.5, up * scale ** 0.5, mid
 
 
