@@ -14,7 +14,8 @@ process for peak RSS):
 
     python benchmarks/memory_speed.py --url http://127.0.0.1:7860 --lora NAME [--log FILE] [--pid PID]
 
-Prints one table row per variant: the median time per step over the repeats, its ratio to plain LoRA
+Prints one table row per variant: the median time of its steps over the repeats (for the half range, the
+median of the runs' mean step), its ratio to plain LoRA
 generation, the memory AutoLoRA held (bytes of its extra tensors, and as a share of the layers the
 networks change), the peak memory above plain generation's (peak RSS on CPU, torch.cuda.max_memory_allocated
 on CUDA) and one network switch's time (off and on)."""
@@ -123,13 +124,16 @@ class Bench:
 
     @torch.no_grad()
     def sample(self, params, switch):
-        x = self.noise * self.sigmas[0]
+        """Samples; returns each step's time."""
+        x, times = self.noise * self.sigmas[0], []
         for i, (s, s_next) in enumerate(zip(self.sigmas[:-1], self.sigmas[1:])):
+            started = self.clock()
             denoised = self.denoise(x, s.reshape(1), i / self.steps, params, switch)
             x = x + (x - denoised) / s * (s_next - s)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return x
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(self.clock() - started)
+        return times
 
 
 def write_file(model, kind, rank, folder):
@@ -149,15 +153,21 @@ def run_file(bench, kind, path, mode_names, repeats):
         for mode, name, params in runs[repeat % len(runs):] + runs[:repeat % len(runs)]:
             switch = NetworkSwitch(bench.host.loaded_networks, bench.host.layers.values(), mode)
             before = _peak_reset(bench.device)
-            started = bench.clock()
-            bench.sample(params, switch)
-            times[(mode, name)].append((bench.clock() - started) / bench.steps)
+            times[(mode, name)].append(bench.sample(params, switch))
             stats[(mode, name)] = (switch.held_bytes(), switch.changed_bytes(), _peak_above(bench.device, before),
                                    _switch_seconds(switch) if switch.switches else None, switch.describe())
             if name in ("disabled", "gamma 1", "plain LoRA"):
                 assert switch.switches == 0 and not bench.model._forward_hooks, "nothing may be installed"
             switch.release()
     return times, stats
+
+
+def step_time(runs, params):
+    """Seconds per step: the median of every step of every run where the steps are alike, else (a range
+    that covers part of the steps) the median of the runs' means."""
+    if params is not None and params.enabled and (params.start, params.end) != (0.0, 1.0):
+        return statistics.median(statistics.fmean(run) for run in runs)
+    return statistics.median(step for run in runs for step in run)
 
 
 def _switch_seconds(switch, count=20):
@@ -185,11 +195,11 @@ def component(args):
             paths = {kind: write_file(bench.model, kind, args.rank, folder) for kind in args.files.split(",")}
             for kind, path in paths.items():
                 times, stats = run_file(bench, kind, path, args.modes.split(","), args.repeats)
-                plain = statistics.median(times[(args.modes.split(",")[0], "plain LoRA")])
+                plain = step_time(times[(args.modes.split(",")[0], "plain LoRA")], None)
                 plain_peak = stats[(args.modes.split(",")[0], "plain LoRA")][2]
                 for (mode, name), values in times.items():
                     held, changed, peak, switch_s, path = stats[(mode, name)]
-                    step = statistics.median(values)
+                    step = step_time(values, VARIANTS[name])
                     share = f"{100 * held / changed:.1f}" if changed else "-"
                     switch_ms = f"{switch_s * 1000:.2f}" if switch_s else "-"
                     shown_mode = mode if VARIANTS[name] and VARIANTS[name].enabled else "-"

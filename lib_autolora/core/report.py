@@ -10,6 +10,7 @@ class RunReport:
         self.networks = []
         self.not_applied = None  # why AutoLoRA stood aside, once known
         self.notes = set()  # what the console said once
+        self.batched_calls = 0  # denoiser calls whose base rows rode along in the LoRA pass's model call
 
     def record(self, passes, step, label):
         self.calls[passes] += 1
@@ -46,10 +47,12 @@ class RunReport:
         active = self.calls[Passes.BOTH] + self.calls[Passes.BASE]
         steps = ", ".join(f"{label} {min(s)}-{max(s)}" for label, s in self.active_steps.items())
         mode = "base model only" if params.gamma == 0 else "LoRA and base passes"
+        batched = f", {self.batched_calls} of them as one model call" if self.batched_calls else ""
         held = f"{held_bytes / 2**20:.1f} MiB held"
         if changed_bytes:
             share = 100 * held_bytes / changed_bytes
             held += f" ({share:.0f} % of the {changed_bytes / 2**20:.1f} MiB of LoRA'd layers)"
-        return (f"AutoLoRA: gamma {params.gamma:g}, w1 {w1}, w2 {w2}, {mode} on {active} of {sum(self.calls.values())} "
-                f"denoiser calls ({steps}), networks {', '.join(self.networks)}; {switches} network switches took "
+        calls = sum(self.calls.values())
+        return (f"AutoLoRA: gamma {params.gamma:g}, w1 {w1}, w2 {w2}, {mode} on {active} of {calls} denoiser calls "
+                f"({steps}){batched}, networks {', '.join(self.networks)}; {switches} network switches took "
                 f"{switch_seconds * 1000:.0f} ms; {path or 'no layer switched'}, {held}.")

@@ -235,6 +235,7 @@ def test_batched_evaluation_equals_two_calls_and_runs_one_model_call_per_step(a1
     assert calls == [rows, rows] + [2 * rows] * (STEPS - 1), "the first step merges the networks, then one call"
     torch.testing.assert_close(batched.samples, two_calls.samples, rtol=1e-4, atol=1e-4)
     assert batched.generation.switch.ways.path == ("fast" if memory == "fast" else "lean")
+    assert batched.generation.report.batched_calls == STEPS - 1
     assert "batched evaluation does not apply" not in capsys.readouterr().out
 
 

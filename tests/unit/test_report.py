@@ -38,6 +38,15 @@ def test_standing_aside_is_said_once_and_replaces_the_summary():
     assert report.summary() is None
 
 
+def test_batched_calls_are_counted_in_the_line():
+    report = RunReport(AutoLoraParams(True, batched=True))
+    report.networks = ["style"]
+    for step in range(3):
+        report.record(Passes.BOTH, step, "steps")
+    report.batched_calls = 2
+    assert "on 3 of 3 denoiser calls (steps 0-2), 2 of them as one model call, networks style;" in report.summary()
+
+
 def test_a_note_is_said_once():
     report = RunReport(AutoLoraParams(True))
     assert report.note("batched evaluation does not apply here")

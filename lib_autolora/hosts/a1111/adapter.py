@@ -208,6 +208,7 @@ class A1111Generation(CommonGeneration):
                 with self.switch.networks_off(batch_rows=x.shape[0]):
                     out = host_forward(torch.cat([x, x_in]), torch.cat([sigma, sigma_in]), cond=joined)
                 self.batched_base = out[x.shape[0]:]
+                self.report.batched_calls += 1
                 return out[:x.shape[0]]
             except BatchLayoutError as error:
                 reason = self.batch_failed = str(error)

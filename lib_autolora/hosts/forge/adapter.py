@@ -141,6 +141,7 @@ class ForgeGeneration(CommonGeneration):
                     out = run({**args, "input": torch.cat([args["input"]] * 2), "c": c,
                                "timestep": torch.cat([args["timestep"]] * 2)})
                 self.batched_base = forge_hooks.base_predictions(out[rows:], args["cond_or_uncond"])
+                self.report.batched_calls += 1
                 return out[:rows]
             except (ValueError, BatchLayoutError) as error:
                 reason = self.batch_failed = str(error)
