@@ -66,7 +66,8 @@ def test_a_disabled_equals_a_webui_without_the_extension_whatever_the_default_mo
 
 
 @pytest.mark.parametrize("memory", MEMORY_MODES)
-@pytest.mark.parametrize("named, message", [({"gamma": -1}, "gamma must be"), ({"start": 0.9, "end": 0.1}, "start must")])
+@pytest.mark.parametrize("named, message", [({"gamma": -1}, "gamma must be"),
+                                            ({"start": 0.9, "end": 0.1}, "start must")])
 def test_e_bad_input_is_named_and_leaves_no_trace_in_each_mode(webui, memory, named, message):
     plain_lora, _ = references(webui, "euler_a", LORAS[0])
     with pytest.raises(ApiError) as error:
