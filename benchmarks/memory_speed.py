@@ -14,11 +14,12 @@ process for peak RSS):
 
     python benchmarks/memory_speed.py --url http://127.0.0.1:7860 --lora NAME [--log FILE] [--pid PID]
 
-Prints one table row per variant: the median time of its steps over the repeats (for the half range, the
-median of the runs' mean step), its ratio to plain LoRA
-generation, the memory AutoLoRA held (bytes of its extra tensors, and as a share of the layers the
-networks change), the peak memory above plain generation's (peak RSS on CPU, torch.cuda.max_memory_allocated
-on CUDA) and one network switch's time (off and on)."""
+Prints one table row per variant: the median time of its steps over the repeats (for the half range,
+of the runs' mean step); its ratio to plain LoRA generation, from each step paired with a plain LoRA step
+at the same point timed just before it (so a shared machine's drifts cancel; the plain row's own ratio
+shows the noise); the memory AutoLoRA held (bytes of its extra tensors, and as a share of the layers the
+networks change); the peak memory above plain generation's (peak RSS on CPU, torch.cuda.max_memory_allocated
+on CUDA); and one network switch's time (off and on)."""
 import argparse
 import contextlib
 import gc
@@ -85,7 +86,7 @@ class Bench:
     def __init__(self, name, device, dtype, latent, steps):
         self.model = make_sd_unet(name, device=device, dtype=dtype)
         self.host = LoraHost(self.model)
-        self.device, self.steps = device, steps
+        self.device, self.dtype, self.steps = device, dtype, steps
         # CPU: this process's CPU time, which other processes on a shared machine barely change; CUDA: wall time
         self.clock = time.process_time if device.type == "cpu" else time.perf_counter
         generator = torch.Generator().manual_seed(1)
@@ -96,7 +97,7 @@ class Bench:
 
         self.conds = [randn(1, 77, config.context_dim) for _ in range(4)]  # LoRA cond/uncond, base cond/uncond
         self.y = randn(1, config.adm_dim) if config.adm_dim else None
-        self.noise = randn(1, 4, latent, latent)
+        self.noise = randn(1, 4, latent, latent).float()
         self.sigmas = torch.cat([torch.logspace(1.16, -1.5, steps), torch.zeros(1)]).to(device)
 
     def evaluate(self, x, sigma, conds):
@@ -104,7 +105,8 @@ class Bench:
         rows = len(conds)
         x_in, s = x.repeat(rows, 1, 1, 1), sigma.repeat(rows)
         y = None if self.y is None else self.y.repeat(rows, 1)
-        eps = self.model(x_in / (s[:, None, None, None] ** 2 + 1) ** 0.5, s, torch.cat(conds), y)
+        scaled = (x_in / (s[:, None, None, None] ** 2 + 1) ** 0.5).to(self.dtype)
+        eps = self.model(scaled, s, torch.cat(conds), y).float()
         return (x_in - s[:, None, None, None] * eps).chunk(rows)
 
     def denoise(self, x, sigma, progress, params, switch):
@@ -122,17 +124,24 @@ class Bench:
                 b_cond, b_uncond = self.evaluate(x, sigma, [base_c, base_u])
         return guidance.autolora(guidance.cfg(b_uncond, b_cond, CFG), guidance.cfg(uncond, cond, CFG), params.gamma)
 
+    def timed(self, function, *args):
+        started = self.clock()
+        result = function(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return result, self.clock() - started
+
     @torch.no_grad()
     def sample(self, params, switch):
-        """Samples; returns each step's time."""
+        """Samples; returns [(the step's time, the time of a plain LoRA step at the same x just before it)]:
+        the pairs make the ratios immune to the slow drifts of a shared machine."""
         x, times = self.noise * self.sigmas[0], []
         for i, (s, s_next) in enumerate(zip(self.sigmas[:-1], self.sigmas[1:])):
-            started = self.clock()
-            denoised = self.denoise(x, s.reshape(1), i / self.steps, params, switch)
+            sigma, progress = s.reshape(1), i / self.steps
+            _, plain = self.timed(self.denoise, x, sigma, progress, None, None)
+            denoised, step = self.timed(self.denoise, x, sigma, progress, params, switch)
             x = x + (x - denoised) / s * (s_next - s)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            times.append(self.clock() - started)
+            times.append((step, plain))
         return times
 
 
@@ -163,11 +172,13 @@ def run_file(bench, kind, path, mode_names, repeats):
 
 
 def step_time(runs, params):
-    """Seconds per step: the median of every step of every run where the steps are alike, else (a range
-    that covers part of the steps) the median of the runs' means."""
+    """(seconds per step, ratio to the paired plain LoRA steps): medians over every step of every run
+    where the steps are alike, else (a range that covers part of the steps) over the runs' totals."""
     if params is not None and params.enabled and (params.start, params.end) != (0.0, 1.0):
-        return statistics.median(statistics.fmean(run) for run in runs)
-    return statistics.median(step for run in runs for step in run)
+        return (statistics.median(statistics.fmean(s for s, _ in run) for run in runs),
+                statistics.median(sum(s for s, _ in run) / sum(p for _, p in run) for run in runs))
+    return (statistics.median(s for run in runs for s, _ in run),
+            statistics.median(s / p for run in runs for s, p in run))
 
 
 def _switch_seconds(switch, count=20):
@@ -195,15 +206,14 @@ def component(args):
             paths = {kind: write_file(bench.model, kind, args.rank, folder) for kind in args.files.split(",")}
             for kind, path in paths.items():
                 times, stats = run_file(bench, kind, path, args.modes.split(","), args.repeats)
-                plain = step_time(times[(args.modes.split(",")[0], "plain LoRA")], None)
                 plain_peak = stats[(args.modes.split(",")[0], "plain LoRA")][2]
                 for (mode, name), values in times.items():
                     held, changed, peak, switch_s, path = stats[(mode, name)]
-                    step = step_time(values, VARIANTS[name])
+                    step, ratio = step_time(values, VARIANTS[name])
                     share = f"{100 * held / changed:.1f}" if changed else "-"
                     switch_ms = f"{switch_s * 1000:.2f}" if switch_s else "-"
                     shown_mode = mode if VARIANTS[name] and VARIANTS[name].enabled else "-"
-                    print(f"| {model_name} | {kind} | {shown_mode} | {name} | {step:.3f} | {step / plain:.3f} | "
+                    print(f"| {model_name} | {kind} | {shown_mode} | {name} | {step:.3f} | {ratio:.3f} | "
                           f"{held / 2**20:.1f} | {share} | {(peak - plain_peak) / 2**20:.0f} | {switch_ms} |"
                           + (f" {path}" if args.paths and path else ""))
             del bench
@@ -221,8 +231,8 @@ def live(args):
                    cfg_scale=CFG, width=args.size, height=args.size, sampler_name="Euler")
     runs = [("-", "plain LoRA", None)] + [(mode, name, params) for mode in args.modes.split(",")
                                           for name, params in VARIANTS.items() if params is not None]
-    times = {run[:2]: [] for run in runs}
-    stats = {}
+    clock = _process_seconds if args.pid else (lambda pid: time.perf_counter())
+    pairs, stats = {run[:2]: [] for run in runs}, {}
     for repeat in range(args.repeats + 1):  # the first round warms up
         for mode, name, params in runs:
             request = dict(payload)
@@ -230,25 +240,35 @@ def live(args):
                 named = {"enabled": params.enabled, "gamma": params.gamma, "start": params.start,
                          "memory": mode, "batched": params.batched}
                 request["alwayson_scripts"] = {"autolora": {"args": [named]}}
-            before = _live_peak_reset(args.pid)
-            started = time.perf_counter()
-            webui.txt2img(request)
+            times = []
+            for sent in (payload, request):  # each request paired with a plain one just before it
+                before, started = _live_peak_reset(args.pid), clock(args.pid)
+                webui.txt2img(sent)
+                times.append(clock(args.pid) - started)
             if repeat:
-                times[(mode, name)].append((time.perf_counter() - started) / args.steps)
-                stats[(mode, name)] = (_held_from_log(args.log) if params is not None and params.enabled else None,
+                pairs[(mode, name)].append(times)
+                stats[(mode, name)] = (_from_log(args.log) if params is not None and params.enabled else None,
                                        _status_kib("VmHWM", args.pid) * 1024 - before if args.pid else None)
-    plain = statistics.median(times[("-", "plain LoRA")])
     plain_peak = stats[("-", "plain LoRA")][1]
+    what = "the WebUI process's CPU time" if args.pid else "wall time"
     print(f"{args.url}, LoRA {args.lora}, {args.size}x{args.size}, {args.steps} Euler steps, CFG {CFG}, median of "
-          f"{args.repeats} requests (time per step includes the request's text encoding and decoding)")
+          f"{args.repeats} requests, {what} per step (the request's text encoding and decoding included)")
     print(HEADER)
-    for (mode, name), values in times.items():
-        held, peak = stats[(mode, name)]
-        step = statistics.median(values)
-        held_text = f"{held[0]:.1f} | {held[1]}" if held else "- | -"
+    for (mode, name), values in pairs.items():
+        logged, peak = stats[(mode, name)]
+        step = statistics.median(t for t, _ in values) / args.steps
+        ratio = statistics.median(t / p for t, p in values)
+        held = f"{logged[0]:.1f} | {logged[1]}" if logged else "- | -"
+        switch_ms = f"{logged[2]:.1f}" if logged and logged[2] is not None else "-"
         peak_text = f"{(peak - plain_peak) / 2**20:.0f}" if peak is not None else "-"
         print(f"| webui | {args.lora} | {mode if name != 'disabled' else '-'} | {name} | {step:.3f} | "
-              f"{step / plain:.3f} | {held_text} | {peak_text} | - |")
+              f"{ratio:.3f} | {held} | {peak_text} | {switch_ms} |")
+
+
+def _process_seconds(pid):
+    """User and system CPU time of a process (and its finished children), in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _live_peak_reset(pid):
@@ -259,14 +279,18 @@ def _live_peak_reset(pid):
     return _status_kib("VmRSS", pid) * 1024
 
 
-def _held_from_log(log):
-    """(MiB held, share of the LoRA'd layers) from the last AutoLoRA console line in the WebUI's output."""
+def _from_log(log):
+    """(MiB held, its share of the LoRA'd layers, ms per switch) from the last AutoLoRA console line in the
+    WebUI's output (ms per switch: the generation's total over its switches, the first one's set-up included)."""
     if not log:
         return None
     with contextlib.suppress(OSError), open(log, errors="replace") as f:
-        found = re.findall(r"([\d.]+) MiB held(?: \((\d+) % of)?", f.read())
-        if found:
-            return float(found[-1][0]), found[-1][1] or "-"
+        lines = [line for line in f if line.startswith("AutoLoRA: gamma")]
+        if lines:
+            held = re.search(r"([\d.]+) MiB held(?: \((\d+) % of)?", lines[-1])
+            switches = re.search(r"(\d+) network switches took (\d+) ms", lines[-1])
+            per_switch = int(switches[2]) / int(switches[1]) if switches and int(switches[1]) else None
+            return float(held[1]), held[2] or "-", per_switch
     return None
 
 
