@@ -3,7 +3,7 @@ import gradio as gr
 
 from lib_autolora import hosts
 from lib_autolora.core.params import FIELDS
-from lib_autolora.webui import lifecycle, settings, ui, xyz
+from lib_autolora.webui import lifecycle, settings, testing, ui, xyz
 
 from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
@@ -22,6 +22,11 @@ def _add_xyz_axes():
 
 
 script_callbacks.on_before_ui(_add_xyz_axes)
+
+if testing.ARMED:  # AUTOLORA_TEST_FAULTS=1: the live hardening tests' hooks (lib_autolora/webui/testing.py)
+    script_callbacks.on_ui_settings(lambda: testing.add_settings(shared))
+    script_callbacks.on_app_started(lambda _blocks, app: testing.add_routes(
+        app, lambda: testing.state(GENERATION, script_callbacks.callback_map)))
 
 
 class AutoLoraScript(scripts.Script):
@@ -44,4 +49,4 @@ class AutoLoraScript(scripts.Script):
         lifecycle.prepare_pass(p)
 
     def postprocess(self, p, processed, *args):
-        lifecycle.finish(p)
+        lifecycle.finish(p, shared.state)

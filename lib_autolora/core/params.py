@@ -90,8 +90,14 @@ class AutoLoraParamError(ValueError):
     """Bad AutoLoRA input; the message names the parameter and the allowed values."""
 
 
+def shown(value, limit=60):
+    """A value as a message quotes it: long input (a pasted document, nested junk) is cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _bad(field, value):
-    return AutoLoraParamError(f"AutoLoRA: {field.name} must be {field.allowed()}, got {value!r}")
+    return AutoLoraParamError(f"AutoLoRA: {field.name} must be {field.allowed()}, got {shown(value)}")
 
 
 def _parse_bool(field, value):
@@ -115,7 +121,10 @@ def _parse_number(field, value):
         return None
     number = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            pass
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -135,13 +144,15 @@ def parse_value(field, value):
 def _named_values(named):
     """Named values (keys of FIELDS or ALIASES) by field name; `enabled` defaults to true there,
     since sending settings means asking for AutoLoRA."""
-    values = {}
+    values, keys = {}, {}
     for key, value in named.items():
         name = ALIASES.get(key, key)
         if name not in FIELDS_BY_NAME:
             allowed = ", ".join(list(FIELDS_BY_NAME) + list(ALIASES))
-            raise AutoLoraParamError(f"AutoLoRA: unknown key {key!r}; allowed keys: {allowed}")
-        values[name] = value
+            raise AutoLoraParamError(f"AutoLoRA: unknown key {shown(key)}; allowed keys: {allowed}")
+        if name in keys:
+            raise AutoLoraParamError(f"AutoLoRA: {name} is given twice, as {keys[name]!r} and {key!r}")
+        values[name], keys[name] = value, key
     return values
 
 
@@ -217,7 +228,8 @@ class AutoLoraParams:
 
     @classmethod
     def from_infotext(cls, entries):
-        """From parsed infotext; absent keys take their defaults, so text without AutoLoRA disables it."""
-        if INFOTEXT_ENABLED not in entries:
+        """From parsed infotext; absent keys take their defaults, so text without AutoLoRA disables it.
+        As with arguments, the settings of a disabled AutoLoRA are not checked."""
+        if INFOTEXT_ENABLED not in entries or not parse_value(FIELDS[0], entries[INFOTEXT_ENABLED]):
             return cls()
         return cls(**{f.name: entries[f.infotext] for f in FIELDS if f.infotext in entries})

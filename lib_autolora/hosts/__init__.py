@@ -1,5 +1,7 @@
-"""One sub-package per host family. Which one runs is decided here, from what imports, never from
-version strings; no adapter imports this module.
+"""One sub-package per host family, and modules that families share (`common`: A1111's module API;
+`patcher_hooks`, `weight_switch`: the ComfyUI-style UNet patcher of Forge and ldm_patched). Which
+family runs is decided here, from what imports, never from version strings; no adapter imports
+this module.
 
 Each family's package states in REQUIRES what of the WebUI its adapter uses, as (file, text that
 file holds, what provides it), so `install.py` can name what an unsupported WebUI lacks before the
@@ -10,7 +12,9 @@ import importlib.util
 import os
 
 # (family, the module that marks it, its Generation class); the first whose marker is found runs
-FAMILIES = (("forge", "backend.patcher", "ForgeGeneration"), ("a1111", None, "A1111Generation"))
+FAMILIES = (("forge", "backend.patcher", "ForgeGeneration"),
+            ("ldm_patched", "ldm_patched.modules.model_patcher", "LdmPatchedGeneration"),
+            ("a1111", None, "A1111Generation"))
 
 
 def _has(module):

@@ -1,5 +1,6 @@
 """What every supported host keeps of A1111's module API: its processing object's cond setup, its
 prompt schedules and its built-in Lora extension's list of loaded networks."""
+from lib_autolora.hosts.layer_off import BatchLayoutError
 from lib_autolora.webui.generation import Generation
 
 from modules import devices, processing, prompt_parser
@@ -8,6 +9,8 @@ COND_FIELDS = ("c", "uc", "hr_c", "hr_uc", "cached_c", "cached_uc", "cached_hr_c
 
 
 class CommonGeneration(Generation):
+    recoverable = (BatchLayoutError,)  # a batched call that cannot apply falls back to two calls
+
     def loaded_networks(self):
         import networks  # the host's built-in Lora extension, importable once it has loaded
         return networks.loaded_networks

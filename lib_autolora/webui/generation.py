@@ -5,9 +5,18 @@ model evaluations the call needs (`begin_call`); at the end everything it patche
 (`close`). What differs between hosts (their conds, their networks, their sampler) is asked of the
 subclass through the methods that raise NotImplementedError here.
 """
+import contextlib
+
 from lib_autolora.core import guidance
+from lib_autolora.core.params import FIELDS
 from lib_autolora.core.report import RunReport
-from lib_autolora.webui import settings
+from lib_autolora.webui import console, settings, testing
+
+
+def forget_infotext(p):
+    """Takes AutoLoRA's entries out of the infotext the images of `p` will get."""
+    for field in FIELDS:
+        p.extra_generation_params.pop(field.infotext, None)
 
 
 def pass_label(p):
@@ -15,6 +24,8 @@ def pass_label(p):
 
 
 class Generation:
+    recoverable = ()  # errors inside a pass that the adapter recovers from itself (not a failure)
+
     def __init__(self, p, params, opts):
         self.p = p
         self.params = params
@@ -24,6 +35,8 @@ class Generation:
         self.switch = self.switch_key = None
         self.base_c = self.base_uc = None  # the base model's conds for the pass under way
         self.step_passes = None
+        self.step = None  # the denoiser step under way
+        self.in_base_pass = False
         self.patched = []  # (object, attribute, previous value or self if none) to undo
 
     # -- what each host provides --
@@ -51,14 +64,57 @@ class Generation:
 
     # -- shared by every host --
 
+    def _give_up(self, reason):
+        """AutoLoRA stands aside for the rest of the generation; True the first time."""
+        if not self.report.stand_aside(reason):
+            return False
+        if not self.report.active_steps:  # nothing applied: the infotext must not say otherwise
+            forget_infotext(self.p)
+        return True
+
     def stand_aside(self, reason):
-        if self.report.stand_aside(reason) and settings.console_summary(self.opts):
+        if self._give_up(reason) and settings.console_summary(self.opts):
             done = "the rest is generated" if self.report.active_steps else "generating"
-            print(f"AutoLoRA: not applied, {reason}; {done} as usual.")
+            console.say(f"AutoLoRA: not applied, {reason}; {done} as usual.")
+
+    @contextlib.contextmanager
+    def failing(self, what):
+        """Where an error means AutoLoRA's part failed: it undoes everything, says so and stands aside
+        for the rest of the generation; the error goes on to the host (which fails the generation, or
+        logs a script hook's error and generates on). The adapter's `recoverable` errors go on untouched."""
+        try:
+            yield
+        except self.recoverable:
+            raise
+        except Exception as error:
+            self.close()
+            if self._give_up(f"{what} failed"):
+                console.say(f"AutoLoRA: {what} failed ({type(error).__name__}: {str(error)[:200]}); "
+                            "AutoLoRA undid its changes and stands aside for the rest of this generation.")
+            raise
+
+    @contextlib.contextmanager
+    def base_pass(self, exact=False, batch_rows=None):
+        """A model evaluation of the base model: the prompt's networks off inside (`exact`: bit for bit;
+        `batch_rows`: off only for the rows after the first `batch_rows`, a batched call)."""
+        with self.failing(f"the base pass at step {self.step}"), self.switch.networks_off(exact, batch_rows):
+            self.in_base_pass = True
+            try:
+                testing.inject(self, "base")
+                yield
+            finally:
+                self.in_base_pass = False
+
+    @contextlib.contextmanager
+    def lora_pass(self):
+        """A model evaluation of the LoRA model, as the host runs it."""
+        with self.failing(f"the LoRA pass at step {self.step}"):
+            testing.inject(self, "lora")
+            yield
 
     def say_once(self, message):
         if self.report.note(message) and settings.console_summary(self.opts):
-            print(f"AutoLoRA: {message}")
+            console.say(f"AutoLoRA: {message}")
 
     def memory_mode(self):
         """The switch's memory mode: batched evaluation takes the lean path unless `fast` is asked for."""
@@ -103,6 +159,8 @@ class Generation:
         """Decides the passes of a denoiser call; returns (conds_list, cond, uncond) of the base
         model at this step when it runs, and hands them to the host for a base-only call."""
         denoiser = params.denoiser
+        self.step = denoiser.step
+        testing.pace(self)
         progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
         if self.report.not_applied:
             self.step_passes = guidance.Passes.LORA

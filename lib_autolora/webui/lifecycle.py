@@ -6,8 +6,9 @@ its own, and an X/Y/Z cell's copy of `p` gets its own.
 """
 import functools
 
-from lib_autolora.core.params import FIELDS, AutoLoraParamError, AutoLoraParams
-from lib_autolora.webui import settings, xyz
+from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
+from lib_autolora.webui import console, settings, testing, xyz
+from lib_autolora.webui.generation import forget_infotext
 
 ATTRIBUTE = "autolora_generation"  # where a processing object keeps its Generation
 
@@ -21,16 +22,16 @@ def begin(p, args, opts, generation_class, switched_off=False):
     (the WebUI only logs what a script hook raises, so the error is raised from `p.sample`).
     `switched_off`: the server runs with AutoLoRA off; a request for it generates as usual."""
     finish(p)
-    for field in FIELDS:  # X/Y/Z cells share this dict: drop what an earlier cell wrote
-        p.extra_generation_params.pop(field.infotext, None)
+    testing.count("generations begun")
+    forget_infotext(p)  # X/Y/Z cells share the infotext dict: drop what an earlier cell wrote
     if switched_off:
         if _asks_for_autolora(p, args):
-            print("AutoLoRA: not applied, the server runs with --autolora-off; generating as usual.")
+            console.say("AutoLoRA: not applied, the server runs with --autolora-off; generating as usual.")
         return
     try:
         params = AutoLoraParams.from_args(args, settings.defaults(opts), xyz.overrides(p))
     except AutoLoraParamError as error:
-        print(error)
+        console.say(str(error))
         p.sample = functools.partial(_fail_sampling, error)
         return
     if not params.enabled:
@@ -47,22 +48,33 @@ def _asks_for_autolora(p, args):
 
 
 def prepare_pass(p):
-    """`process_before_every_sampling`."""
+    """`process_before_every_sampling`. The WebUI logs an error raised here and samples on, so a
+    failed setup leaves AutoLoRA standing aside, with nothing of it installed."""
     generation = getattr(p, ATTRIBUTE, None)
     if generation is not None:
-        generation.prepare_pass(p)
+        with generation.failing("setting up the hires pass" if getattr(p, "is_hr_pass", False) else "setting up"):
+            generation.prepare_pass(p)
+            testing.inject(generation, "setup")
 
 
-def finish(p):
-    """`postprocess`: print what AutoLoRA did, undo everything. A generation that failed on the
-    way is dropped with its `p` (and its copies of weights with it)."""
+def finish(p, state=None):
+    """`postprocess`: print what AutoLoRA did, undo everything. `state`: the WebUI's job state, which
+    says whether the user interrupted or skipped. A generation that failed on the way undid its
+    changes then and is dropped with its `p`."""
     generation = p.__dict__.pop(ATTRIBUTE, None)
     if generation is None:
         return
     line = generation.summary()
     if line and settings.console_summary(generation.opts):
-        print(line)
+        console.say(line + _stopped(state, generation.step))
     generation.close()
+
+
+def _stopped(state, step):
+    for flag in ("interrupted", "skipped"):
+        if getattr(state, flag, False):
+            return f" Sampling was {flag} after denoiser step {step}."
+    return ""
 
 
 def on_cfg_denoiser(params):

@@ -1,5 +1,6 @@
 """Tier 2: the Forge adapter's host-free parts: hook installation, the combination on Forge's
 post-CFG argument layout, and host detection."""
+import contextlib
 import copy
 import importlib.util
 import types
@@ -7,11 +8,11 @@ import types
 import pytest
 import torch
 
+import lib_autolora.hosts.patcher_hooks as patcher_hooks
 from lib_autolora import hosts
 from lib_autolora.core import guidance
 from lib_autolora.core.guidance import Passes
 from lib_autolora.core.params import AutoLoraParams
-from lib_autolora.hosts.forge import hooks as forge_hooks
 
 HOST_SCALE = 7.0
 
@@ -25,18 +26,37 @@ def forge_args(strengths=(1.0,), disable_cfg1=False, seed=0):
             "sigma": torch.tensor([1.0]), "model": None}
 
 
-class FakeGeneration:
-    """Stands for the adapter's generation; deep-copying it would copy the model it holds."""
-
+class CountingSwitch:
     def __init__(self, calls):
         self.calls = calls
 
-    def post_cfg(self, args):
-        return args["denoised"]
+    @contextlib.contextmanager
+    def networks_off(self, exact=False, batch_rows=None):
+        self.calls.append("off exact" if exact else f"off rows {batch_rows}")
+        yield
+        self.calls.append("on")
 
-    def model_function(self, previous, apply_model, args):
-        self.calls.append("ours")
-        return previous(apply_model, args)
+
+class FakeGeneration:
+    """Stands for an adapter's generation; deep-copying it would copy the model it holds."""
+
+    in_base_pass = False
+
+    def __init__(self, calls):
+        self.step_passes = None
+        self.pass_params = types.SimpleNamespace(batched=False)
+        self.switch = CountingSwitch(calls)
+
+    def base_pass(self, exact=False, batch_rows=None):
+        return self.switch.networks_off(exact, batch_rows)
+
+    def evaluate_batched(self, run, args):
+        self.switch.calls.append("batched")
+        with self.base_pass(batch_rows=1):
+            return run(args)
+
+    def lora_pass(self):
+        return contextlib.nullcontext()
 
     def __deepcopy__(self, memo):
         raise AssertionError("the generation must not be deep-copied with the patcher's options")
@@ -49,23 +69,30 @@ def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
     options = {"sampler_post_cfg_function": [existing_post], "model_function_wrapper": existing_wrapper}
     generation = FakeGeneration(calls)
 
-    assert forge_hooks.install(options, generation)
-    assert not forge_hooks.install(options, generation)
+    assert patcher_hooks.install(options, generation)
+    assert not patcher_hooks.install(options, generation)
     assert len(options["sampler_post_cfg_function"]) == 2
-    assert getattr(options["sampler_post_cfg_function"][0], forge_hooks.MARK)
-    assert options["sampler_post_cfg_function"][0]({"denoised": "raw"}) == "raw"
+    assert getattr(options["sampler_post_cfg_function"][0], patcher_hooks.MARK)
+    assert options["sampler_post_cfg_function"][0]({"denoised": "raw"}) == "raw"  # no call decided yet
     assert options["sampler_post_cfg_function"][1] is existing_post
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
-    assert calls == ["ours", "theirs"]
+    generation.step_passes = Passes.BASE  # a base-only call runs the chained wrapper with the networks off, exactly
+    assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
+    assert calls == ["theirs", "off exact", "theirs", "on"]
+    generation.step_passes = Passes.BOTH  # both passes: the LoRA call as it is, or batched where asked for
+    assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
+    generation.pass_params.batched = True
+    assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
+    assert calls[4:] == ["theirs", "batched", "off rows 1", "theirs", "on"]
 
 
 def test_cloning_a_patcher_does_not_copy_the_generation():
     """Forge's UnetPatcher.clone deep-copies model_options."""
     options = {"transformer_options": {}}
-    forge_hooks.install(options, FakeGeneration([]))
+    patcher_hooks.install(options, FakeGeneration([]))
     copied = copy.deepcopy(options)
     assert copied["sampler_post_cfg_function"][0] is options["sampler_post_cfg_function"][0]
-    assert forge_hooks.installed(copied)
+    assert patcher_hooks.installed(copied)
 
 
 @pytest.mark.parametrize("passes, w_name", [(Passes.LORA, "lora_cfg"), (Passes.BASE, "base_cfg")])
@@ -73,10 +100,10 @@ def test_single_pass_calls_return_the_hosts_result_for_its_scale(passes, w_name)
     args = forge_args()
     for w in (None, HOST_SCALE):
         params = AutoLoraParams(True, 1.0 if passes is Passes.LORA else 0.0, **{w_name: w})
-        assert forge_hooks.combine(args, passes, params, HOST_SCALE, None) is args["denoised"]
+        assert patcher_hooks.combine(args, passes, params, HOST_SCALE, None) is args["denoised"]
     params = AutoLoraParams(True, 1.0, **{w_name: 3.0})
     expected = args["uncond_denoised"] + (args["cond_denoised"] - args["uncond_denoised"]) * 3.0
-    assert torch.equal(forge_hooks.combine(args, passes, params, HOST_SCALE, None), expected)
+    assert torch.equal(patcher_hooks.combine(args, passes, params, HOST_SCALE, None), expected)
 
 
 def test_both_passes_blend_the_guided_predictions_with_gamma():
@@ -89,7 +116,7 @@ def test_both_passes_blend_the_guided_predictions_with_gamma():
         return base["cond_denoised"], base["uncond_denoised"]
 
     params = AutoLoraParams(True, 1.5, base_cfg=5.0, lora_cfg=None)
-    got = forge_hooks.combine(args, Passes.BOTH, params, HOST_SCALE, evaluate_base)
+    got = patcher_hooks.combine(args, Passes.BOTH, params, HOST_SCALE, evaluate_base)
     base_guided = guidance.cfg(base["uncond_denoised"], base["cond_denoised"], 5.0 * 1.2)
     expected = guidance.autolora(base_guided, args["denoised"], 1.5)
     assert torch.allclose(got, expected, atol=1e-6)
@@ -109,7 +136,7 @@ def test_an_extensions_cfg_function_guides_both_models():
     args = forge_args()
     args["model_options"]["sampler_cfg_function"] = halve
     base = forge_args(seed=1)
-    got = forge_hooks.combine(args, Passes.BOTH, AutoLoraParams(True, 1.5, base_cfg=5.0, lora_cfg=3.0), HOST_SCALE,
+    got = patcher_hooks.combine(args, Passes.BOTH, AutoLoraParams(True, 1.5, base_cfg=5.0, lora_cfg=3.0), HOST_SCALE,
                               lambda call_args, with_uncond: (base["cond_denoised"], base["uncond_denoised"]))
     lora = guidance.cfg(args["uncond_denoised"], args["cond_denoised"], 3.0) / 2
     base_guided = guidance.cfg(base["uncond_denoised"], base["cond_denoised"], 5.0) / 2
@@ -128,19 +155,19 @@ def test_when_the_host_skipped_the_uncond_pass_everything_uses_the_cond_alone():
         seen.append(with_uncond)
         return base, torch.zeros_like(base)
 
-    got = forge_hooks.combine(args, Passes.BOTH, AutoLoraParams(True, 2.0, 5.0, 9.0), 1.0, evaluate_base)
+    got = patcher_hooks.combine(args, Passes.BOTH, AutoLoraParams(True, 2.0, 5.0, 9.0), 1.0, evaluate_base)
     assert seen == [False]
     assert torch.allclose(got, base + 2.0 * (args["cond_denoised"] - base), atol=1e-6)
     # told to keep the uncond pass (CFG 1 with explicit scales), the explicit scales apply
     args_kept = forge_args(disable_cfg1=True)
-    assert forge_hooks.uncond_evaluated(args_kept, 1.0)
+    assert patcher_hooks.uncond_evaluated(args_kept, 1.0)
 
 
 def test_inherit_keeps_base_text_and_takes_the_hosts_other_conditions():
     base = [{"cross_attn": "base text", "strength": 0.5, "model_conds": {"c_crossattn": "base"}}]
     host = [{"cross_attn": "lora text", "strength": 0.5, "control": "cn",
              "model_conds": {"c_crossattn": "lora", "c_concat": "image"}}]
-    assert forge_hooks.inherit(base, host) == [{"cross_attn": "base text", "strength": 0.5, "control": "cn",
+    assert patcher_hooks.inherit(base, host) == [{"cross_attn": "base text", "strength": 0.5, "control": "cn",
                                                 "model_conds": {"c_crossattn": "base", "c_concat": "image"}}]
 
 
@@ -187,7 +214,7 @@ def test_batched_conditioning_appends_the_base_chunks_in_the_hosts_order(cond_or
     host_c["c_concat"] = torch.randn(len(cond_or_uncond), 4, 8, 8)
     host_c["transformer_options"] = {"cond_or_uncond": cond_or_uncond, "cond_mark": torch.tensor(cond_or_uncond),
                                      "cond_indices": [i for i, k in enumerate(cond_or_uncond) if k == 0]}
-    joined = forge_hooks.batched_conditioning(host_c, base, cond_or_uncond, x)
+    joined = patcher_hooks.batched_conditioning(host_c, base, cond_or_uncond, x)
     rows = len(cond_or_uncond)
     assert torch.equal(joined["c_crossattn"][:rows], host_c["c_crossattn"])
     for row, kind in enumerate(cond_or_uncond):
@@ -206,12 +233,12 @@ def test_batched_conditioning_refuses_different_shapes():
         entry["model_conds"]["c_crossattn"] = Condition(torch.randn(1, 10, 8))
     host_c = {"c_crossattn": torch.cat([entry["model_conds"]["c_crossattn"].cond for entry in lora[::-1]])}
     with pytest.raises(ValueError, match="c_crossattn differs in shape"):
-        forge_hooks.batched_conditioning(host_c, base, [1, 0], torch.zeros(2, 4, 8, 8))
+        patcher_hooks.batched_conditioning(host_c, base, [1, 0], torch.zeros(2, 4, 8, 8))
 
 
 def test_base_predictions_split_the_chunks_by_kind():
     rows = torch.arange(4.0).reshape(4, 1)
-    cond, uncond = forge_hooks.base_predictions(rows, [1, 0])
+    cond, uncond = patcher_hooks.base_predictions(rows, [1, 0])
     assert torch.equal(cond, rows[2:]) and torch.equal(uncond, rows[:2])
-    cond, uncond = forge_hooks.base_predictions(rows[:2], [0])
+    cond, uncond = patcher_hooks.base_predictions(rows[:2], [0])
     assert torch.equal(cond, rows[:2]) and torch.equal(uncond, torch.zeros(2, 1))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lib_autolora.hosts import a1111, forge
+from lib_autolora.hosts import a1111, forge, ldm_patched
 
 INSTALL = pathlib.Path(__file__).resolve().parents[2] / "install.py"
 
@@ -59,6 +59,19 @@ def test_a_forge_without_online_lora_is_named(tmp_path):
     index = next(i for i, (path, _, _) in enumerate(forge.REQUIRES) if path == "backend/patcher/lora.py")
     output = run_installer(forge_tree(tmp_path, leave_out=index))
     assert "(forge family)" in output and "online LoRA" in output
+
+
+def test_a_complete_ldm_patched_webui_is_accepted_silently(tmp_path):
+    """Its files make the family's marker module (ldm_patched/modules/model_patcher.py) importable."""
+    assert run_installer(make_webui(tmp_path, ldm_patched.REQUIRES)) == ""
+
+
+@pytest.mark.parametrize("index", range(len(ldm_patched.REQUIRES)))
+def test_an_ldm_patched_webui_without_a_feature_gets_one_line_naming_it(tmp_path, index):
+    path, _, provider = ldm_patched.REQUIRES[index]
+    output = run_installer(make_webui(tmp_path, ldm_patched.REQUIRES, leave_out=index))
+    assert output.startswith("AutoLoRA: this WebUI (ldm_patched family) lacks")
+    assert provider in output and path in output
 
 
 def test_no_webui_folder_is_said(tmp_path):

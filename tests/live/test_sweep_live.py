@@ -10,7 +10,8 @@ from tests.live.conftest import LORAS, URL
 
 
 @pytest.fixture(scope="module")
-def swept(webui, tmp_path_factory):
+def swept(host, tmp_path_factory):
+    host.use("sd1")
     out = tmp_path_factory.mktemp("sweep-live")
     argv = ["--url", URL, "--prompt", "a photo of a cat", "--negative-prompt", "blurry", "--lora", LORAS[0],
             "--gammas", "1,1.5", "--lora-weights", "0.8", "--seeds", "1,2", "--cfg", "7", "--steps", "6",

@@ -13,8 +13,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+pytestmark = pytest.mark.usefixtures("webui")  # the SD1 checkpoint, loaded
+
+
 @pytest.fixture(scope="module")
-def page(webui):
+def page(host):
+    host.use("sd1")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the UI test needs `pip install playwright`")
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"the UI test needs Chromium at {CHROMIUM} (apt-get install chromium) or AUTOLORA_CHROMIUM")
@@ -62,6 +66,7 @@ def value_of(page, elem_id):
 
 
 def paste_infotext(page, text):
+    page.locator("#txt2img_neg_prompt textarea").fill("")  # Forge Classic enables Paste only without one
     page.locator("#txt2img_prompt textarea").fill(text)
     page.locator("#txt2img_tools #paste").click()
     page.wait_for_timeout(1500)

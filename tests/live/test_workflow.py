@@ -14,17 +14,24 @@ HIRES = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_s
          "hr_second_pass_steps": 4, **FORGE_HIRES_FIELDS}
 
 
-def axis_index(webui, label):
+def xyz_script(webui):
     scripts = webui.call("/sdapi/v1/script-info")
-    xyz = next(s for s in scripts if s["name"] == "x/y/z plot" and not s["is_img2img"])
-    choices = xyz["args"][0]["choices"]
+    return next(s for s in scripts if s["name"] == "x/y/z plot" and not s["is_img2img"])
+
+
+def axis_index(webui, label):
+    choices = xyz_script(webui)["args"][0]["choices"]
     assert label in choices, f"X/Y/Z has no axis {label!r}: {choices}"
     return choices.index(label)
 
 
 def xyz_request(webui, x_label, x_values, y_label, y_values):
-    args = [axis_index(webui, x_label), x_values, [], axis_index(webui, y_label), y_values, [],
-            0, "", [], True, True, False, False, False, False, False, 0, False]
+    """The script's own defaults (hosts differ in its options after the axes: reForge has more) with
+    the X and Y axes set and the single images included in the reply."""
+    script_args = xyz_script(webui)["args"]
+    args = [arg["value"] for arg in script_args]
+    args[:9] = [axis_index(webui, x_label), x_values, [], axis_index(webui, y_label), y_values, [], 0, "", []]
+    args[[arg["label"] for arg in script_args].index("Include Sub Images")] = True
     return {"script_name": "x/y/z plot", "script_args": args}
 
 

@@ -9,12 +9,12 @@ bit for bit; a pass that is plain LoRA generation throughout (gamma 1, w2 = CFG)
 With batched evaluation the base rows ride along in the host's own call when it evaluates all rows
 at once, the layers computing the base rows without the networks (`layer_off`).
 """
-import contextlib
 import functools
 
 import torch
 
 from lib_autolora.core import guidance
+from lib_autolora.hosts.a1111 import controlnet
 from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
 from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.layer_off import BatchLayoutError
@@ -25,18 +25,19 @@ from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
 
 def _counting_forward(generation, host_forward, x, *args, **kwargs):
     """The denoiser's inner model, as patched: counts the rows the host evaluates (fewer when it
-    skips the uncond pass), runs base-only calls with the networks off and, with batched evaluation,
-    appends the base rows to the host's LoRA call."""
+    skips the uncond pass); the host's own evaluations are the LoRA pass, or the base pass (networks
+    off) in base-only calls; with batched evaluation the base rows ride along in the host's LoRA call."""
     generation.rows_evaluated += x.shape[0]
-    if generation.step_passes is guidance.Passes.BASE:
-        with generation.switch.networks_off(exact=True):
-            return host_forward(x, *args, **kwargs)
-    if generation.evaluating_base:
+    if generation.in_base_pass:  # the adapter's own base evaluation
         return host_forward(x, *args, **kwargs)
+    if generation.step_passes is guidance.Passes.BASE:
+        with generation.base_pass(exact=True):
+            return host_forward(x, *args, **kwargs)
     if generation.step_passes is guidance.Passes.BOTH and generation.pass_params.batched and generation.merged:
         return generation.evaluate_batched(host_forward, x, *args, **kwargs)
     generation.merged = True  # a LoRA forward merges the networks into every layer it runs
-    return host_forward(x, *args, **kwargs)
+    with generation.lora_pass():
+        return host_forward(x, *args, **kwargs)
 
 
 def _condition(cond, image_cond):
@@ -70,10 +71,12 @@ class A1111Generation(CommonGeneration):
         self.batched_base = None  # the base rows of a batched call, for combine_denoised
         self.batch_failed = None  # why batched evaluation cannot apply to this generation
         self.merged = False  # whether a LoRA call ran in this sampling pass
-        self.evaluating_base = False  # while the adapter's own base evaluation calls the inner model
 
     def handles(self, denoiser):
         return denoiser is self.denoiser
+
+    def encode_base_conds(self, p, networks_off):
+        return controlnet.mark_like_host(super().encode_base_conds(p, networks_off), p.get_conds())
 
     # -- once per sampling pass (every batch, and the hires pass) --
 
@@ -144,16 +147,6 @@ class A1111Generation(CommonGeneration):
             tensor, uncond = self.denoiser.pad_cond_uncond(tensor, uncond)
         return x_in, sigma_in, image_cond_in, tensor, uncond
 
-    @contextlib.contextmanager
-    def _base_evaluation(self):
-        """The networks off for the adapter's own calls of the inner model, which its patch lets through."""
-        self.evaluating_base = True
-        try:
-            with self.switch.networks_off():
-                yield
-        finally:
-            self.evaluating_base = False
-
     def _evaluate_base(self, conds_list, skipped):
         """The base model's outputs in the layout of the host's x_out, batched as the host batches."""
         model, opts = self.denoiser.inner_model, shared.opts
@@ -164,7 +157,7 @@ class A1111Generation(CommonGeneration):
             return model(x_in[a:b], sigma_in[a:b], cond=_condition(cond, image_cond_in[a:b]))
 
         rows = x_in.shape[0]
-        with self._base_evaluation():
+        with self.base_pass():
             if skipped or tensor.shape[1] == uncond.shape[1]:
                 cond_in = tensor if skipped else catenate_conds([tensor, uncond])
                 chunk = rows if opts.batch_cond_uncond else batch_size
@@ -192,7 +185,8 @@ class A1111Generation(CommonGeneration):
         """The host's call with the base model's rows of the step appended, in one model call; the base
         rows are kept for combine_denoised. Where that cannot apply, says why once and runs two calls."""
         if self.batch_failed:
-            return host_forward(x, sigma, cond=cond)
+            with self.lora_pass():
+                return host_forward(x, sigma, cond=cond)
         reason = self._batch_obstacle(x)
         if reason is None and not self.switch.merged_everywhere():
             reason = "the networks are not merged into every layer they change"
@@ -205,7 +199,7 @@ class A1111Generation(CommonGeneration):
                 reason = self.batch_failed = str(error)
         if joined is not None:
             try:
-                with self.switch.networks_off(batch_rows=x.shape[0]):
+                with self.base_pass(batch_rows=x.shape[0]):
                     out = host_forward(torch.cat([x, x_in]), torch.cat([sigma, sigma_in]), cond=joined)
                 self.batched_base = out[x.shape[0]:]
                 self.report.batched_calls += 1
@@ -213,7 +207,8 @@ class A1111Generation(CommonGeneration):
             except BatchLayoutError as error:
                 reason = self.batch_failed = str(error)
         self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
-        return host_forward(x, sigma, cond=cond)
+        with self.lora_pass():
+            return host_forward(x, sigma, cond=cond)
 
     def close(self):
         super().close()

@@ -1,21 +1,20 @@
 """Forge adapter: everything that touches Forge's backend.
 
 Forge computes CFG inside `backend.sampling.sampling_function` and never fires on_cfg_denoised.
-Per sampling pass a clone of the UNet patcher gets a post-CFG function (first in the list, so it
-sees the host's raw result) that evaluates the base model with `calc_cond_uncond_batch`, the call
-Forge's own PAG and SAG use, with the prompt's LoRA patches switched off; and a model function
-wrapper that runs base-only calls with the patches off. LoRA-only and base-only calls return the
-host's own result, so gamma 1 and gamma 0 match plain generations bit for bit.
+Per sampling pass a clone of the UNet patcher gets the hooks of `hosts.patcher_hooks`: a post-CFG
+function (first in the list, so it sees the host's raw result) that evaluates the base model with
+`calc_cond_uncond_batch`, the call Forge's own PAG and SAG use, with the prompt's LoRA patches
+switched off; and a model function wrapper that runs base-only calls with the patches off.
+LoRA-only and base-only calls return the host's own result, so gamma 1 and gamma 0 match plain
+generations bit for bit.
 """
-import contextlib
 import functools
 import math
 
 import torch
 
-from lib_autolora.core import guidance
+import lib_autolora.hosts.patcher_hooks as patcher_hooks
 from lib_autolora.hosts.common import CommonGeneration
-from lib_autolora.hosts.forge import hooks as forge_hooks
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 from lib_autolora.hosts.layer_off import BatchLayoutError
 
@@ -24,16 +23,6 @@ from backend.sampling.sampling_function import calc_cond_uncond_batch
 from modules import shared
 
 FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@contextlib.contextmanager
-def _original_text_encoder(sd_model):
-    lora_clip = sd_model.forge_objects.clip
-    sd_model.forge_objects.clip = sd_model.forge_objects_original.clip
-    try:
-        yield
-    finally:
-        sd_model.forge_objects.clip = lora_clip
 
 
 def _host_cond_scale(denoiser, sigma):
@@ -54,7 +43,6 @@ class ForgeGeneration(CommonGeneration):
         self.host_scale = None
         self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
         self.batch_failed = None  # why batched evaluation cannot apply to this generation
-        self.evaluating_base = False  # while the adapter's own base evaluation calls the model
 
     def handles(self, denoiser):
         return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
@@ -67,12 +55,11 @@ class ForgeGeneration(CommonGeneration):
             return
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
-        if forge_hooks.installed(unet.model_options):
+        if patcher_hooks.installed(unet.model_options):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
-        scales = (self.pass_params.base_cfg, self.pass_params.lora_cfg)
-        explicit = [w for w in scales if w is not None and not math.isclose(w, 1.0)]
+        explicit = patcher_hooks.explicit_scales(self.pass_params)
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
             return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, "
                                     "so w1/w2 other than 1 cannot apply")
@@ -85,12 +72,12 @@ class ForgeGeneration(CommonGeneration):
         patches = getattr(unet, "lora_patches", {})
         self.use_switch(lambda: ForgeLoraSwitch(unet.model, patches, self.memory_mode()),
                         (unet.model, str(list(patches.keys()))))
-        self.set_base_conds(p, functools.partial(_original_text_encoder, sd_model), (c, uc))
+        self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
-        forge_hooks.install(unet.model_options, self)
+        patcher_hooks.install(unet.model_options, self)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
-        sd_model.forge_objects.unet = unet
+        self.patch(sd_model.forge_objects, "unet", unet)  # undone at the end: the hooks must not outlive us
 
     # -- per denoiser call --
 
@@ -100,19 +87,6 @@ class ForgeGeneration(CommonGeneration):
         self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
         self.batched_base = None
         self.step_base_conds = self.begin_call(params)
-
-    def model_function(self, previous, apply_model, args):
-        def run(call_args):
-            if previous is not None:
-                return previous(apply_model, call_args)
-            return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
-
-        if self.step_passes is guidance.Passes.BASE:
-            with self.switch.networks_off(exact=True):
-                return run(args)
-        if self.step_passes is guidance.Passes.BOTH and self.pass_params.batched and not self.evaluating_base:
-            return self._evaluate_batched(run, args)
-        return run(args)
 
     def _batch_obstacle(self, args):
         """Why this model call cannot take the base rows too, or None."""
@@ -127,7 +101,7 @@ class ForgeGeneration(CommonGeneration):
             return "the base model has no uncond here"
         return None
 
-    def _evaluate_batched(self, run, args):
+    def evaluate_batched(self, run, args):
         """The host's model call with the base model's rows of the step appended; the base predictions
         are kept for post_cfg. Where that cannot apply, says why once and runs two calls."""
         reason = self.batch_failed or self._batch_obstacle(args)
@@ -136,39 +110,28 @@ class ForgeGeneration(CommonGeneration):
             entries = compile_weighted_conditions(tensor, conds_list) + (compile_conditions(uncond) or [])
             rows = args["input"].shape[0]
             try:
-                c = forge_hooks.batched_conditioning(args["c"], entries, args["cond_or_uncond"], args["input"])
-                with self.switch.networks_off(batch_rows=rows):
+                c = patcher_hooks.batched_conditioning(args["c"], entries, args["cond_or_uncond"], args["input"])
+                with self.base_pass(batch_rows=rows):
                     out = run({**args, "input": torch.cat([args["input"]] * 2), "c": c,
                                "timestep": torch.cat([args["timestep"]] * 2)})
-                self.batched_base = forge_hooks.base_predictions(out[rows:], args["cond_or_uncond"])
+                self.batched_base = patcher_hooks.base_predictions(out[rows:], args["cond_or_uncond"])
                 self.report.batched_calls += 1
                 return out[:rows]
             except (ValueError, BatchLayoutError) as error:
                 reason = self.batch_failed = str(error)
         self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
-        return run(args)
+        with self.lora_pass():
+            return run(args)
 
-    def post_cfg(self, args):
-        if self.step_passes is None or self.report.not_applied:
-            return args["denoised"]
-        return forge_hooks.combine(args, self.step_passes, self.pass_params, self.host_scale, self._evaluate_base)
-
-    def _evaluate_base(self, args, with_uncond):
+    def evaluate_base(self, args, with_uncond):
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
         if self.batched_base is not None:
             return self.batched_base
-        conds_list, tensor, uncond = self.step_base_conds
-        cond_in = forge_hooks.inherit(compile_weighted_conditions(tensor, conds_list), args["cond"])
-        uncond_in = None
-        if with_uncond and uncond is not None:
-            uncond_in = forge_hooks.inherit(compile_conditions(uncond), args["uncond"])
-        self.evaluating_base = True
-        try:
-            with self.switch.networks_off():
-                return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
-                                              args["model_options"])
-        finally:
-            self.evaluating_base = False
+        cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
+                                                      compile_weighted_conditions, compile_conditions)
+        with self.base_pass():
+            return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
+                                          args["model_options"])
 
     def close(self):
         super().close()

@@ -1,5 +1,14 @@
-"""The host-free part of the Forge adapter: installing its hooks on a patcher's model options,
-and the post-CFG combination on Forge's argument layout."""
+"""What Forge and the ldm_patched family share of the adapter: hooks on a ComfyUI-style UNet
+patcher's model options, the post-CFG combination on their argument layout, and the text encoder
+without LoRA. Host-free: the WebUI's objects are handed in.
+
+A generation that installs the hooks provides `step_passes`, `pass_params`, `report`,
+`in_base_pass`, `base_pass()`, `lora_pass()`, `host_scale` (the CFG scale the host used for the
+call, where its post-CFG arguments do not say), `evaluate_base(args, with_uncond)` -> the base
+model's (cond, uncond) predictions and `evaluate_batched(run, args)` -> the host's model call, with
+the base rows added where it can.
+"""
+import contextlib
 import math
 
 import torch
@@ -9,9 +18,25 @@ from lib_autolora.core import guidance
 MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
 
 
-def forge_cfg(uncond, cond, scale, edit_strength, args):
-    """sampling_function_inner's CFG, written as the host writes it, through the patcher's CFG
-    function where an extension set one (Forge's dynamic thresholding does)."""
+@contextlib.contextmanager
+def original_text_encoder(sd_model):
+    """The checkpoint's text encoder without the prompt's LoRA, for the base conds."""
+    lora_clip = sd_model.forge_objects.clip
+    sd_model.forge_objects.clip = sd_model.forge_objects_original.clip
+    try:
+        yield
+    finally:
+        sd_model.forge_objects.clip = lora_clip
+
+
+def explicit_scales(params):
+    """w1 and w2 where they are set and differ from 1: they need the uncond pass even at CFG scale 1."""
+    return [w for w in (params.base_cfg, params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
+
+
+def host_cfg(uncond, cond, scale, edit_strength, args):
+    """The sampling function's CFG, written as the host writes it, through the patcher's CFG
+    function where an extension set one (dynamic thresholding does)."""
     cfg_function = args["model_options"].get("sampler_cfg_function")
     if cfg_function is not None:
         x = args["input"]
@@ -24,13 +49,24 @@ def forge_cfg(uncond, cond, scale, edit_strength, args):
 
 
 def inherit(base_entries, host_entries):
-    """Compiled base conds take what the host added to its own (image cond, ControlNet), entry by entry."""
+    """Base conds take what the host added to its own (image cond, ControlNet), entry by entry."""
     for base, host in zip(base_entries, host_entries or []):
         for key, value in host.items():
             base.setdefault(key, value)
         for key, value in host["model_conds"].items():
             base["model_conds"].setdefault(key, value)
     return base_entries
+
+
+def base_conds(step_conds, args, with_uncond, weighted_conds, plain_conds):
+    """The base model's (cond, uncond) entries for one call, made by the host's converters
+    (`weighted_conds(tensor, conds_list)`, `plain_conds(tensor)`) from this step's conds; uncond
+    None where the host ran no uncond pass."""
+    conds_list, tensor, uncond = step_conds
+    cond_in = inherit(weighted_conds(tensor, conds_list), args["cond"])
+    if not with_uncond or uncond is None:
+        return cond_in, None
+    return cond_in, inherit(plain_conds(uncond), args["uncond"])
 
 
 def installed(options):
@@ -41,17 +77,17 @@ def install(options, generation):
     """Puts the generation's post-CFG function first (it must see the host's raw result) and wraps
     the model function, chaining any wrapper already there. Does nothing if already there.
 
-    The hooks are plain functions: Forge deep-copies model options when it clones a patcher, and
+    The hooks are plain functions: the patchers deep-copy model options when they clone, and
     deepcopy keeps functions as they are but would copy a bound method's whole generation."""
     if installed(options):
         return False
     previous = options.get("model_function_wrapper")
 
     def post_cfg(args):
-        return generation.post_cfg(args)
+        return _post_cfg(generation, args)
 
     def model_function(apply_model, args):
-        return generation.model_function(previous, apply_model, args)
+        return _model_function(generation, previous, apply_model, args)
 
     setattr(post_cfg, MARK, True)
     options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
@@ -59,8 +95,36 @@ def install(options, generation):
     return True
 
 
+def _model_function(generation, previous, apply_model, args):
+    """The host's model call; base-only calls run it with the networks off (exactly, so gamma 0 is
+    the base model bit for bit); with batched evaluation the generation may add the base rows."""
+    def run(call_args):
+        if previous is not None:
+            return previous(apply_model, call_args)
+        return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
+
+    if generation.in_base_pass:  # the adapter's own base evaluation
+        return run(args)
+    if generation.step_passes is guidance.Passes.BASE:
+        with generation.base_pass(exact=True):
+            return run(args)
+    if generation.step_passes is guidance.Passes.BOTH and generation.pass_params.batched:
+        return generation.evaluate_batched(run, args)
+    with generation.lora_pass():
+        return run(args)
+
+
+def _post_cfg(generation, args):
+    if generation.step_passes is None or generation.report.not_applied:
+        return args["denoised"]
+    host_scale = args.get("cond_scale", generation.host_scale)  # where the host hands it, it is the one it used
+    return combine(args, generation.step_passes, generation.pass_params, host_scale, generation.evaluate_base)
+
+
 def uncond_evaluated(args, host_scale):
-    """Whether the host ran the uncond pass (it skips it at scale 1 unless told not to)."""
+    """Whether the host ran the uncond pass: not where it hands no uncond, nor at scale 1 unless told to."""
+    if args["uncond"] is None:
+        return False
     return not (math.isclose(host_scale, 1.0) and not args["model_options"].get("disable_cfg1_optimization", False))
 
 
@@ -73,7 +137,7 @@ def combine(args, passes, params, host_scale, evaluate_base):
         scale = host_scale if w is None or not with_uncond else w
         if host_result is not None and scale == host_scale:
             return host_result  # the host's own result, whatever CFG function produced it
-        return forge_cfg(uncond, cond, scale, edit_strength, args)
+        return host_cfg(uncond, cond, scale, edit_strength, args)
 
     host = args["uncond_denoised"], args["cond_denoised"]
     if passes is guidance.Passes.LORA:
