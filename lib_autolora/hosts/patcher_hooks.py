@@ -89,9 +89,18 @@ def install(options, generation):
     def model_function(apply_model, args):
         return _model_function(generation, previous, apply_model, args)
 
+    def keep_post_cfg(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        """Forge Neo's sampling_function merges a sampler's own model options over the patcher's per
+        call (CFG++ samplers bring a post-CFG list of their own): put ours back in front."""
+        functions = model_options.get("sampler_post_cfg_function", [])
+        if not any(getattr(fn, MARK, False) for fn in functions):
+            model_options = {**model_options, "sampler_post_cfg_function": [post_cfg] + list(functions)}
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+
     setattr(post_cfg, MARK, True)
     options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
     options["model_function_wrapper"] = model_function
+    options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [keep_post_cfg]
     return True
 
 

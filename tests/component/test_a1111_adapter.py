@@ -2,6 +2,7 @@
 its script hooks on a fake WebUI (fake_a1111): a CFG denoiser built like A1111's around a small UNet,
 a text encoder of torch layers and a kohya LoRA on both, merged by a stand-in for the Lora extension."""
 import collections
+import contextlib
 import functools
 import importlib
 import sys
@@ -274,3 +275,27 @@ def test_switched_off_server_generates_as_usual_and_says_so(a1111, args, capsys)
     assert "the server runs with --autolora-off" in capsys.readouterr().out
     lifecycle.begin(p, [False], a1111.shared.opts, object, switched_off=True)
     assert capsys.readouterr().out == ""
+
+
+def test_base_conds_skip_a_list_cache_keyed_without_the_networks(a1111, monkeypatch):
+    """ersatzForge caches conds per processing object in `p.cond_cache`, keyed without the networks'
+    state: the base conds must be encoded afresh, and the host's cache left as it was."""
+    processing = sys.modules["modules.processing"]
+    common = importlib.import_module("lib_autolora.hosts.common")
+    host_setup = processing.StableDiffusionProcessing.setup_conds
+
+    def list_cached_setup(p):
+        for key, conds in getattr(p, "cond_cache", []):
+            if key == tuple(p.prompts):
+                p.c, p.uc = conds
+                return
+        host_setup(p)
+
+    monkeypatch.setattr(processing.StableDiffusionProcessing, "setup_conds", list_cached_setup)
+    p = processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
+    stale = (object(), object())
+    p.cond_cache = [[tuple(PROMPTS), stale]]
+    generation = common.CommonGeneration(p, AutoLoraParams(True), a1111.shared.opts)
+    c, uc = generation.encode_base_conds(p, contextlib.nullcontext)
+    assert c is not stale[0] and uc is not stale[1] and uc is not None
+    assert p.cond_cache == [[tuple(PROMPTS), stale]]

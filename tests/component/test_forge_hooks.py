@@ -86,6 +86,21 @@ def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
     assert calls[4:] == ["theirs", "batched", "off rows 1", "theirs", "on"]
 
 
+def test_a_samplers_own_post_cfg_list_does_not_drop_ours():
+    """Forge Neo merges a CFG++ sampler's model options (a post-CFG list of its own) over the patcher's."""
+    options = {}
+    patcher_hooks.install(options, FakeGeneration([]))
+    sampler_post = lambda args: args["denoised"]  # noqa: E731
+    merged = {**options, "sampler_post_cfg_function": [sampler_post], "disable_cfg1_optimization": True}
+    for modifier in merged["conditioning_modifiers"]:
+        result = modifier("model", "x", "t", "uncond", "cond", 2.0, merged, 0)
+    functions = result[6]["sampler_post_cfg_function"]
+    assert functions[1:] == [sampler_post] and patcher_hooks.installed(result[6])
+    assert result[6]["disable_cfg1_optimization"] and result[:6] == ("model", "x", "t", "uncond", "cond", 2.0)
+    again = options["conditioning_modifiers"][0]("model", "x", "t", "uncond", "cond", 2.0, options, 0)[6]
+    assert again is options  # nothing to restore: the patcher's own options pass through
+
+
 def test_cloning_a_patcher_does_not_copy_the_generation():
     """Forge's UnetPatcher.clone deep-copies model_options."""
     options = {"transformer_options": {}}

@@ -10,6 +10,8 @@ generations bit for bit.
 """
 import functools
 import math
+import os
+import types
 
 import torch
 
@@ -31,7 +33,8 @@ def _host_cond_scale(denoiser, sigma):
     if opts.skip_early_cond > 0 and denoiser.step / denoiser.total_steps <= opts.skip_early_cond:
         return 1.0
     s_min_uncond = extra.get("s_min_uncond") or 0
-    if (denoiser.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+    every_other = "s_min_uncond_all" in opts.data_labels  # ersatzForge has no such option and skips on every step
+    if (denoiser.step % 2 or not every_other or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
         return 1.0
     return p.hr_cfg if p.is_hr_pass else extra["cond_scale"]
 
@@ -43,6 +46,17 @@ class ForgeGeneration(CommonGeneration):
         self.host_scale = None
         self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
         self.batch_failed = None  # why batched evaluation cannot apply to this generation
+
+    def loaded_networks(self):
+        loaded = super().loaded_networks()
+        if loaded:
+            return loaded
+        # ersatzForge's load_networks fills a list of its own and leaves networks.loaded_networks empty:
+        # the LoRA files patched into the prompt's UNet and text encoder name the networks instead
+        objects = self.p.sd_model.forge_objects
+        patchers = (objects.unet, getattr(objects.clip, "patcher", None))
+        files = dict.fromkeys(key[0] for patcher in patchers for key in getattr(patcher, "lora_patches", None) or {})
+        return [types.SimpleNamespace(name=os.path.splitext(os.path.basename(name))[0]) for name in files]
 
     def handles(self, denoiser):
         return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
