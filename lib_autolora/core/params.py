@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 INFOTEXT_ENABLED = "AutoLoRA"
+MEMORY_MODES = ("auto", "lean", "fast")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,13 @@ FIELDS = (
           hint="Base CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
     Field("hires_lora_cfg", "Hires LoRA CFG (w2)", "AutoLoRA hires w2", None, 0.0, 30.0, step=0.5,
           hint="LoRA CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
+    Field("memory", "Memory", "AutoLoRA memory", "auto", choices=MEMORY_MODES,
+          hint="How the base pass gets the layers without LoRA. lean = no copy: it subtracts the LoRA's low-rank "
+               "term (LoRA, LoCon); fast = a copy of the LoRA'd layers on the model's device for the generation; "
+               "auto = fast where the device has room for the copy, else lean."),
+    Field("batched", "Both passes in one batch", "AutoLoRA batched", False,
+          hint="Evaluate the base and LoRA rows of a step in one model call (the lean path); can be faster on a "
+               "device with room to spare (small images, batch 1)."),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 ALIASES = {"w1": "base_cfg", "w2": "lora_cfg", "hires_w1": "hires_base_cfg", "hires_w2": "hires_lora_cfg"}
@@ -161,6 +169,8 @@ class AutoLoraParams:
     hires_gamma: float = 1.5
     hires_base_cfg: float = None
     hires_lora_cfg: float = None
+    memory: str = "auto"
+    batched: bool = False
 
     def __post_init__(self):
         for field in FIELDS:

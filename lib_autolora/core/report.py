@@ -9,11 +9,20 @@ class RunReport:
         self.active_steps = {}  # pass label ("steps", "hires pass") -> denoiser steps with AutoLoRA
         self.networks = []
         self.not_applied = None  # why AutoLoRA stood aside, once known
+        self.notes = set()  # what the console said once
+        self.batched_calls = 0  # denoiser calls whose base rows rode along in the LoRA pass's model call
 
     def record(self, passes, step, label):
         self.calls[passes] += 1
         if passes is not Passes.LORA:
             self.active_steps.setdefault(label, []).append(step)
+
+    def note(self, message):
+        """Returns True the first time a message is noted, so the caller says it once."""
+        if message in self.notes:
+            return False
+        self.notes.add(message)
+        return True
 
     def stand_aside(self, reason):
         """Returns True the first time, so the caller can say it once."""
@@ -22,8 +31,9 @@ class RunReport:
         self.not_applied = reason
         return True
 
-    def summary(self, switches=0, switch_seconds=0.0, held_bytes=0):
-        """The console line, or None when AutoLoRA stood aside (it said why when it did)."""
+    def summary(self, switches=0, switch_seconds=0.0, held_bytes=0, path="", changed_bytes=0):
+        """The console line, or None when AutoLoRA stood aside (it said why when it did). `path` says how
+        the base pass got the layers without LoRA, `changed_bytes` is the size of the layers the networks change."""
         params = self.params
         if self.not_applied:
             return None
@@ -37,6 +47,12 @@ class RunReport:
         active = self.calls[Passes.BOTH] + self.calls[Passes.BASE]
         steps = ", ".join(f"{label} {min(s)}-{max(s)}" for label, s in self.active_steps.items())
         mode = "base model only" if params.gamma == 0 else "LoRA and base passes"
-        return (f"AutoLoRA: gamma {params.gamma:g}, w1 {w1}, w2 {w2}, {mode} on {active} of {sum(self.calls.values())} "
-                f"denoiser calls ({steps}), networks {', '.join(self.networks)}; {switches} network switches took "
-                f"{switch_seconds * 1000:.0f} ms, {held_bytes / 2**20:.1f} MiB held for the base weights.")
+        batched = f", {self.batched_calls} of them as one model call" if self.batched_calls else ""
+        held = f"{held_bytes / 2**20:.1f} MiB held"
+        if changed_bytes:
+            share = 100 * held_bytes / changed_bytes
+            held += f" ({share:.0f} % of the {changed_bytes / 2**20:.1f} MiB of LoRA'd layers)"
+        calls = sum(self.calls.values())
+        return (f"AutoLoRA: gamma {params.gamma:g}, w1 {w1}, w2 {w2}, {mode} on {active} of {calls} denoiser calls "
+                f"({steps}){batched}, networks {', '.join(self.networks)}; {switches} network switches took "
+                f"{switch_seconds * 1000:.0f} ms; {path or 'no layer switched'}, {held}.")

@@ -1,13 +1,19 @@
 """What every supported host keeps of A1111's module API: its processing object's cond setup, its
 prompt schedules and its built-in Lora extension's list of loaded networks."""
+from lib_autolora.hosts.layer_off import BatchLayoutError
 from lib_autolora.webui.generation import Generation
 
 from modules import devices, processing, prompt_parser
 
 COND_FIELDS = ("c", "uc", "hr_c", "hr_uc", "cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")
+# ersatzForge keeps one more cache per processing object, a list of [key, conds] whose key does not
+# say whether the networks were on
+LIST_CACHES = ("cond_cache",)
 
 
 class CommonGeneration(Generation):
+    recoverable = (BatchLayoutError,)  # a batched call that cannot apply falls back to two calls
+
     def loaded_networks(self):
         import networks  # the host's built-in Lora extension, importable once it has loaded
         return networks.loaded_networks
@@ -15,10 +21,12 @@ class CommonGeneration(Generation):
     def encode_base_conds(self, p, networks_off):
         """Calls the host's own cond setup on fresh caches, so prompt editing schedules, hires prompts
         and step counts are exactly the host's; restores every field it touches."""
-        saved = {name: p.__dict__[name] for name in COND_FIELDS if name in p.__dict__}
+        saved = {name: p.__dict__[name] for name in COND_FIELDS + LIST_CACHES if name in p.__dict__}
         try:
             for name in COND_FIELDS[4:]:
                 setattr(p, name, [None, None])
+            for name in LIST_CACHES:
+                setattr(p, name, [])
             with networks_off(), devices.autocast():
                 if getattr(p, "is_hr_pass", False):
                     p.hr_c = None
@@ -27,7 +35,7 @@ class CommonGeneration(Generation):
                 processing.StableDiffusionProcessing.setup_conds(p)
                 return p.c, p.uc
         finally:
-            for name in COND_FIELDS:
+            for name in COND_FIELDS + LIST_CACHES:
                 p.__dict__.pop(name, None)
             p.__dict__.update(saved)
 

@@ -4,11 +4,14 @@ without LoRA. Host-free: the WebUI's objects are handed in.
 
 A generation that installs the hooks provides `step_passes`, `pass_params`, `report`,
 `in_base_pass`, `base_pass()`, `lora_pass()`, `host_scale` (the CFG scale the host used for the
-call, where its post-CFG arguments do not say) and `evaluate_base(args, with_uncond)` -> the base
-model's (cond, uncond) predictions.
+call, where its post-CFG arguments do not say), `evaluate_base(args, with_uncond)` -> the base
+model's (cond, uncond) predictions and `evaluate_batched(run, args)` -> the host's model call, with
+the base rows added where it can.
 """
 import contextlib
 import math
+
+import torch
 
 from lib_autolora.core import guidance
 
@@ -86,23 +89,38 @@ def install(options, generation):
     def model_function(apply_model, args):
         return _model_function(generation, previous, apply_model, args)
 
+    def keep_post_cfg(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        """Forge Neo's sampling_function merges a sampler's own model options over the patcher's per
+        call (CFG++ samplers bring a post-CFG list of their own): put ours back in front."""
+        functions = model_options.get("sampler_post_cfg_function", [])
+        if not any(getattr(fn, MARK, False) for fn in functions):
+            model_options = {**model_options, "sampler_post_cfg_function": [post_cfg] + list(functions)}
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+
     setattr(post_cfg, MARK, True)
     options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
     options["model_function_wrapper"] = model_function
+    options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [keep_post_cfg]
     return True
 
 
 def _model_function(generation, previous, apply_model, args):
-    """The host's model call; base-only calls run it with the networks off."""
-    def run():
+    """The host's model call; base-only calls run it with the networks off (exactly, so gamma 0 is
+    the base model bit for bit); with batched evaluation the generation may add the base rows."""
+    def run(call_args):
         if previous is not None:
-            return previous(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
+            return previous(apply_model, call_args)
+        return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
 
     if generation.in_base_pass:  # the adapter's own base evaluation
-        return run()
-    with generation.base_pass() if generation.step_passes is guidance.Passes.BASE else generation.lora_pass():
-        return run()
+        return run(args)
+    if generation.step_passes is guidance.Passes.BASE:
+        with generation.base_pass(exact=True):
+            return run(args)
+    if generation.step_passes is guidance.Passes.BOTH and generation.pass_params.batched:
+        return generation.evaluate_batched(run, args)
+    with generation.lora_pass():
+        return run(args)
 
 
 def _post_cfg(generation, args):
@@ -138,3 +156,41 @@ def combine(args, passes, params, host_scale, evaluate_base):
     lora = guided(*host, params.lora_cfg, args["denoised"])
     base_cond, base_uncond = evaluate_base(args, with_uncond)
     return guidance.autolora(guided(base_uncond, base_cond, params.base_cfg), lora, params.gamma)
+
+
+def batched_conditioning(host_c, base_entries, cond_or_uncond, input_x):
+    """The conditioning of a model call with the base rows appended: for each chunk of the host's call
+    (cond or uncond, in its order) the matching base entry's conditions, processed as
+    calc_cond_uncond_batch processes them and joined to the host's key by key. Keys the base entries
+    lack (an image cond) repeat the host's; transformer options mark the base chunks like the host's.
+    Raises ValueError where a shape differs."""
+    batch = input_x.shape[0] // len(cond_or_uncond)
+    area = (input_x.shape[2], input_x.shape[3], 0, 0)
+    chunks = [{key: value.process_cond(batch_size=batch, device=input_x.device, area=area)
+               for key, value in base_entries[kind]["model_conds"].items()} for kind in cond_or_uncond]
+    joined = dict(host_c)
+    for key, value in host_c.items():
+        if not torch.is_tensor(value):
+            continue
+        base = chunks[0][key].concat([chunk[key] for chunk in chunks[1:]]) if key in chunks[0] else value
+        if not torch.is_tensor(base) or base.shape != value.shape:
+            raise ValueError(f"the base model's {key} differs in shape from the LoRA model's")
+        joined[key] = torch.cat([value, base])
+    if "transformer_options" in host_c:
+        options = joined["transformer_options"] = dict(host_c["transformer_options"])
+        options["cond_or_uncond"] = list(cond_or_uncond) * 2
+        rows = input_x.shape[0]
+        for key in ("cond_indices", "uncond_indices"):
+            if key in options:
+                options[key] = list(options[key]) + [i + rows for i in options[key]]
+        if torch.is_tensor(options.get("cond_mark")):
+            options["cond_mark"] = torch.cat([options["cond_mark"]] * 2)
+    return joined
+
+
+def base_predictions(base_rows, cond_or_uncond):
+    """(cond, uncond) predictions from the base rows of a batched call; uncond zero where the host
+    evaluated none, as calc_cond_uncond_batch returns it."""
+    chunks = dict(zip(cond_or_uncond, base_rows.chunk(len(cond_or_uncond))))
+    cond = chunks[0]
+    return cond, chunks.get(1, torch.zeros_like(cond))

@@ -3,27 +3,22 @@ ldm_patched family share.
 
 Both patchers merge LoRA into the weights and keep each original in a backup (key -> original, on
 the offload device), and both can instead apply patches at each forward on some layers (Forge's
-online LoRA, ldm_patched's low-VRAM patches). Switching off puts the originals (copied to the
-weight's device once per generation, or the very same tensors where they already live there) in
-place of the merged weights and takes the per-forward patches off their layers; switching on puts
-everything back. No weight is written, so both states are exact, and a switch is a loop of
-attribute assignments. The originals always come from the backup, never from the model's
-Parameter: a patcher that updates weights in place has overwritten that Parameter's data.
+online LoRA, ldm_patched's low-VRAM patches). Switching off takes the per-forward patches off their
+layers and lets each merged layer compute without its patches in one of the ways of `layer_off`: a
+copy of its original (the very backup tensor where it already lives on the layer's device), the
+original streamed per call, or the merged output minus the patches' low-rank term where the
+subclass can read the patches' factors. No weight is written, so both states are exact, and a switch
+is a loop of attribute assignments. The originals always come from the backup, never from the
+model's Parameter: a patcher that updates weights in place has overwritten that Parameter's data.
 
-Host-free: a subclass says where its host keeps the backup and the per-forward patches.
+Host-free: a subclass says where its host keeps the backup, the per-forward patches and the factors.
 """
 import contextlib
 import time
 
-import torch
+from lib_autolora.hosts.layer_off import LayerSwitch, LowRankTerm, OffLayer, get_slot, low_rank_part
 
 ABSENT = object()  # an attribute that is not set on the object itself
-
-
-def _owner(model, key):
-    """(module, attribute name) of a parameter key such as 'diffusion_model.out.2.weight'."""
-    path, _, name = key.rpartition(".")
-    return (model.get_submodule(path) if path else model), name
 
 
 def _assign(obj, name, value):
@@ -34,9 +29,10 @@ def _assign(obj, name, value):
 
 
 class WeightSwitch:
-    def __init__(self, model):
+    def __init__(self, model, mode="auto"):
         self.model = model  # the torch module the backup's keys are relative to
-        self._base = {}  # key -> (backed-up original, the Parameter put in its place, whether that is a copy)
+        self.ways = LayerSwitch(mode)
+        self._offs, self._source = [], None  # the OffLayers and the backup entries they were made for
         self.switches = 0
         self.switch_seconds = 0.0
 
@@ -48,44 +44,91 @@ class WeightSwitch:
         """[(object, attribute, its value with the networks off, or ABSENT)] for patches applied at each forward."""
         raise NotImplementedError
 
+    def low_rank_factors(self, key):
+        """[(up, down, alpha, mid, strength)] of the patches merged into weight `key`, or None where one of
+        them is not a plain LoRA patch or the patches are not known to be the merged ones."""
+        return None
+
     def held_bytes(self):
-        """Memory held by copies of originals (none where the originals already live on that device)."""
-        return sum(base.numel() * base.element_size() for _, base, copied in self._base.values() if copied)
+        """Memory held: copies of originals (none where they already live on the layer's device) and factors."""
+        return self.ways.held_bytes()
+
+    def changed_bytes(self):
+        return self.ways.changed_bytes()
+
+    def describe(self):
+        return self.ways.describe()
 
     def release(self):
-        self._base.clear()
+        self.ways.release()
+        self._offs, self._source = [], None
 
-    def _original(self, key, original, merged):
-        cached = self._base.get(key)
-        if cached is not None and cached[0] is original:
-            return cached[1]
-        moved = original.to(device=merged.device, dtype=merged.dtype)
-        base = moved if isinstance(moved, torch.nn.Parameter) else torch.nn.Parameter(moved, requires_grad=False)
-        self._base[key] = (original, base, moved is not original)
-        return base
+    def merged_everywhere(self):
+        """Whether every patch is merged into the weights (none is applied at each forward)."""
+        return not self.online_patches()
+
+    def _low_rank_term(self, layer, key):
+        factors = self.low_rank_factors(key)
+        if not factors:
+            return None
+        weight = get_slot(layer, "weight")
+        parts = []
+        for up, down, alpha, mid, strength in factors:
+            scale = strength * (alpha / down.shape[0] if alpha is not None else 1.0)
+            part = low_rank_part(layer, weight, down, up, mid, scale)
+            if part is None:
+                return None
+            parts.append(part)
+        return LowRankTerm(layer, parts)
+
+    def _off_layers(self, originals):
+        """One OffLayer per merged layer, made again when the backup holds other tensors."""
+        source = [(key, id(original)) for key, original in originals.items()]
+        if source == self._source:
+            return self._offs
+        fields = {}
+        for key, original in originals.items():
+            path, _, name = key.rpartition(".")
+            fields.setdefault(path, []).append((name, original, key))
+        self.ways.release()
+        self._offs = []
+        for path, entries in fields.items():
+            layer = self.model.get_submodule(path) if path else self.model
+            weight_only = [name for name, _, _ in entries] == ["weight"]
+            term = self._low_rank_term(layer, entries[0][2]) if weight_only else None
+            self._offs.append(OffLayer(layer, [(layer, name, original) for name, original, _ in entries], term,
+                                       self.ways))
+        self._source = source
+        return self._offs
 
     @contextlib.contextmanager
-    def networks_off(self):
+    def networks_off(self, exact=False, batch_rows=None):
+        """The model without the patches; `exact` for calls that must equal it bit for bit. With
+        `batch_rows` only the rows after the first `batch_rows` of each layer's input go without them
+        (a batched call; every patch must be merged)."""
         originals, online = self.originals(), self.online_patches()
         if not originals and not online:
             yield
             return
         started = time.perf_counter()
-        undo = []  # (object, attribute, value to put back)
+        offs = self._off_layers(originals)
+        self.ways.decide(offs)
+        undo, undo_online = [], []  # layer_off's undo entries; (object, attribute, value to put back)
         try:
-            for key, original in originals.items():
-                module, name = _owner(self.model, key)
-                merged = getattr(module, name)
-                undo.append((module, name, merged))
-                setattr(module, name, self._original(key, original, merged))
+            self.ways.base_rows = None if batch_rows is None else slice(batch_rows, 2 * batch_rows)
+            for off in offs:
+                undo.append(self.ways.turn_off(off, exact))
             for obj, name, off in online:
-                undo.append((obj, name, obj.__dict__.get(name, ABSENT)))
+                undo_online.append((obj, name, obj.__dict__.get(name, ABSENT)))
                 _assign(obj, name, off)
             self.switches += 1
             self.switch_seconds += time.perf_counter() - started
             yield
         finally:
             started = time.perf_counter()
-            for obj, name, value in reversed(undo):
+            self.ways.base_rows = None
+            for entry in reversed(undo):
+                self.ways.turn_on(entry)
+            for obj, name, value in reversed(undo_online):
                 _assign(obj, name, value)
             self.switch_seconds += time.perf_counter() - started

@@ -24,6 +24,8 @@ def pass_label(p):
 
 
 class Generation:
+    recoverable = ()  # errors inside a pass that the adapter recovers from itself (not a failure)
+
     def __init__(self, p, params, opts):
         self.p = p
         self.params = params
@@ -79,9 +81,11 @@ class Generation:
     def failing(self, what):
         """Where an error means AutoLoRA's part failed: it undoes everything, says so and stands aside
         for the rest of the generation; the error goes on to the host (which fails the generation, or
-        logs a script hook's error and generates on)."""
+        logs a script hook's error and generates on). The adapter's `recoverable` errors go on untouched."""
         try:
             yield
+        except self.recoverable:
+            raise
         except Exception as error:
             self.close()
             if self._give_up(f"{what} failed"):
@@ -90,9 +94,10 @@ class Generation:
             raise
 
     @contextlib.contextmanager
-    def base_pass(self):
-        """A model evaluation of the base model: the prompt's networks off inside."""
-        with self.failing(f"the base pass at step {self.step}"), self.switch.networks_off():
+    def base_pass(self, exact=False, batch_rows=None):
+        """A model evaluation of the base model: the prompt's networks off inside (`exact`: bit for bit;
+        `batch_rows`: off only for the rows after the first `batch_rows`, a batched call)."""
+        with self.failing(f"the base pass at step {self.step}"), self.switch.networks_off(exact, batch_rows):
             self.in_base_pass = True
             try:
                 testing.inject(self, "base")
@@ -106,6 +111,19 @@ class Generation:
         with self.failing(f"the LoRA pass at step {self.step}"):
             testing.inject(self, "lora")
             yield
+
+    def say_once(self, message):
+        if self.report.note(message) and settings.console_summary(self.opts):
+            console.say(f"AutoLoRA: {message}")
+
+    def memory_mode(self):
+        """The switch's memory mode: batched evaluation takes the lean path unless `fast` is asked for."""
+        return "lean" if self.params.batched and self.params.memory == "auto" else self.params.memory
+
+    def plain_pass(self):
+        """Whether every call of the pass is plain LoRA generation with the host's own scale (gamma 1, w2
+        following the CFG scale): then nothing is installed."""
+        return self.pass_params.gamma == 1 and self.pass_params.lora_cfg is None
 
     def start_pass(self, p):
         """The prompt's loaded networks if AutoLoRA applies to the sampling pass that starts, else
@@ -164,7 +182,8 @@ class Generation:
         switch = self.switch
         if switch is None:
             return self.report.summary()
-        return self.report.summary(switch.switches, switch.switch_seconds, switch.held_bytes())
+        return self.report.summary(switch.switches, switch.switch_seconds, switch.held_bytes(), switch.describe(),
+                                   switch.changed_bytes())
 
     def close(self):
         for obj, name, previous in reversed(self.patched):

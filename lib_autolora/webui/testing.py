@@ -147,7 +147,7 @@ def state(generation_class, callback_map):
         report = {
             "callbacks": _callbacks(callback_map), "generations": len(generations),
             "patched": sum(len(g.patched) for g in generations), "holders": _holders(objects),
-            "switch_tensors": sum(len(s._base) for s in switches),
+            "switch_layers": sum(len(s.ways.ways) for s in switches),
             "switch_bytes": sum(s.held_bytes() for s in switches), "tensors": _tensors(objects, torch),
             "rss": _rss(), "counts": dict(counts), "console": list(console_lines),
         }

@@ -36,6 +36,9 @@ def build(tab, opts, input_accordion, switched_off=False):
                 for name in row:
                     add(name)
         add("base_text_encoder")
+        with gr.Row():
+            add("memory")
+            add("batched")
         with gr.Accordion("Hires. fix", open=False, elem_id=f"autolora_{tab}_hires_section"):
             add("hires")
             with gr.Row():

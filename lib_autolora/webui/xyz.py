@@ -8,7 +8,8 @@ LABEL = "[AutoLoRA] "
 AXES = {  # axis label -> field
     "Enabled": "enabled", "Gamma": "gamma", "Base CFG (w1)": "base_cfg", "LoRA CFG (w2)": "lora_cfg",
     "Start": "start", "End": "end", "Hires. fix pass": "hires", "Hires gamma": "hires_gamma",
-    "Hires base CFG (w1)": "hires_base_cfg", "Hires LoRA CFG (w2)": "hires_lora_cfg",
+    "Hires base CFG (w1)": "hires_base_cfg", "Hires LoRA CFG (w2)": "hires_lora_cfg", "Memory": "memory",
+    "Batched": "batched",
 }
 
 

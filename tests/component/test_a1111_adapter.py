@@ -2,6 +2,7 @@
 its script hooks on a fake WebUI (fake_a1111): a CFG denoiser built like A1111's around a small UNet,
 a text encoder of torch layers and a kohya LoRA on both, merged by a stand-in for the Lora extension."""
 import collections
+import contextlib
 import functools
 import importlib
 import sys
@@ -131,37 +132,43 @@ def test_gamma_one_with_w2_equal_cfg_is_plain_lora_generation(a1111, case):
     assert run.generation.report.calls[Passes.LORA] == STEPS
 
 
-def test_gamma_one_never_switches_the_networks(a1111):
-    assert generate(a1111, [{"gamma": 1.0}]).generation.switch.switches == 0
+def test_gamma_one_installs_nothing(a1111):
+    run = generate(a1111, [{"gamma": 1.0}])
+    assert run.generation.switch is None and run.generation.patched == []
+    assert "combine_denoised" not in run.denoisers[0].__dict__
 
 
-@pytest.mark.parametrize("case", EXACT_CASES)
-def test_gamma_zero_with_w1_equal_cfg_is_the_model_without_the_lora(a1111, case):
+@pytest.mark.parametrize("case, memory", [(case, "auto") for case in EXACT_CASES] + [("batched", "lean"),
+                                                                                  ("batched", "fast")])
+def test_gamma_zero_with_w1_equal_cfg_is_the_model_without_the_lora(a1111, case, memory):
     prompts = use_case(a1111, case)
     without = generate(a1111, prompts=prompts, networks=False)
     lora = generate(a1111, prompts=prompts)
     assert not torch.equal(lora.p.uc[0][0].cond, without.p.uc[0][0].cond), "the LoRA must change the text encoding"
     assert not torch.allclose(lora.samples, without.samples, atol=1e-2)
-    run = generate(a1111, [{"gamma": 0.0, "base_cfg": CFG}], prompts)
+    run = generate(a1111, [{"gamma": 0.0, "base_cfg": CFG, "memory": memory}], prompts)
     assert torch.equal(run.samples, without.samples)
     assert run.generation.report.calls[Passes.BASE] == STEPS
 
 
+@pytest.mark.parametrize("memory", ["auto", "lean"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_base_evaluation_next_to_the_lora_pass_batches_like_the_host(a1111, case):
+def test_the_base_evaluation_next_to_the_lora_pass_batches_like_the_host(a1111, case, memory):
     """gamma 0 runs the host's own pass on the base model; a gamma next to 0 runs the LoRA pass, the
     adapter's own base evaluation and the blend. Both must agree with every way the host batches."""
     prompts = use_case(a1111, case)
     base_only = generate(a1111, [{"gamma": 0.0, "base_cfg": CFG}], prompts)
-    blended = generate(a1111, [{"gamma": 1e-9, "base_cfg": CFG}], prompts)
+    blended = generate(a1111, [{"gamma": 1e-9, "base_cfg": CFG, "memory": memory}], prompts)
     assert blended.generation.report.calls[Passes.BOTH] == STEPS
+    assert blended.generation.switch.ways.path == ("fast" if memory == "auto" else "lean")  # CPU: copies are free
     torch.testing.assert_close(blended.samples, base_only.samples, rtol=0, atol=1e-4)
 
 
-def test_finish_undoes_the_patches_and_leaves_the_model_as_a_plain_run_does(a1111):
+@pytest.mark.parametrize("memory", ["auto", "lean", "fast"])
+def test_finish_undoes_the_patches_and_leaves_the_model_as_a_plain_run_does(a1111, memory):
     plain = generate(a1111, batches=2)
     state = model_state(a1111)
-    run = generate(a1111, [{"gamma": 1.5}], batches=2)
+    run = generate(a1111, [{"gamma": 1.5, "memory": memory}], batches=2)
     assert run.generation.report.calls[Passes.BOTH] == 2 * STEPS and run.generation.switch.switches > 2 * STEPS
     for denoiser in run.denoisers:  # a sampler per batch, each patched
         assert "combine_denoised" not in denoiser.__dict__
@@ -173,22 +180,74 @@ def test_finish_undoes_the_patches_and_leaves_the_model_as_a_plain_run_does(a111
     assert torch.equal(generate(a1111, batches=2).samples, plain.samples)
 
 
-def test_an_error_while_the_networks_are_off_leaves_the_next_run_as_a_fresh_one(a1111):
-    plain = generate(a1111)
-    state = model_state(a1111)
+class Interrupted(Exception):
+    """Stands for the WebUI's interrupt: sampling stops, the WebUI goes on to postprocess."""
+
+
+def fail_in_the_third_base_evaluation(a1111, error):
     base_calls = []
 
-    def fail_in_the_third_base_evaluation(module, args):
+    def hook(module, args):
         if not a1111.networks.loaded_networks:
             base_calls.append(1)
             if len(base_calls) == 3:
-                raise RuntimeError("out of memory")
-    hook = a1111.sd_model.model.diffusion_model.register_forward_pre_hook(fail_in_the_third_base_evaluation)
+                raise error
+    return a1111.sd_model.model.diffusion_model.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("memory", ["auto", "lean", "fast"])
+def test_an_error_while_the_networks_are_off_leaves_the_next_run_as_a_fresh_one(a1111, memory):
+    plain = generate(a1111)
+    state = model_state(a1111)
+    hook = fail_in_the_third_base_evaluation(a1111, RuntimeError("out of memory"))
     with pytest.raises(RuntimeError, match="out of memory"):
-        generate(a1111, [{"gamma": 1.5}])  # the WebUI skips postprocess then
+        generate(a1111, [{"gamma": 1.5, "memory": memory}])  # the WebUI skips postprocess then
     hook.remove()
     assert_same_state(state, a1111)
     assert torch.equal(generate(a1111).samples, plain.samples)
+
+
+@pytest.mark.parametrize("memory", ["auto", "lean", "fast"])
+def test_an_interrupt_mid_step_then_postprocess_leaves_the_model_as_it_was(a1111, memory):
+    plain = generate(a1111)
+    state = model_state(a1111)
+    p = a1111.processing.StableDiffusionProcessing(PROMPTS, NEGATIVES, steps=STEPS, cfg_scale=CFG,
+                                                   extra_network_data=(a1111.style.name,))
+    p.before_every_sampling.append(lifecycle.prepare_pass)
+    a1111.begin(p, [{"gamma": 1.5, "memory": memory}])
+    a1111.networks.loaded_networks[:] = [a1111.style]
+    hook = fail_in_the_third_base_evaluation(a1111, Interrupted())
+    with pytest.raises(Interrupted), torch.no_grad():
+        p.setup_conds()
+        p.sample(p.c, p.uc)
+    hook.remove()
+    lifecycle.finish(p)
+    assert_same_state(state, a1111)
+    assert torch.equal(generate(a1111).samples, plain.samples)
+
+
+@pytest.mark.parametrize("memory", ["auto", "lean", "fast"])
+def test_batched_evaluation_equals_two_calls_and_runs_one_model_call_per_step(a1111, memory, capsys):
+    two_calls = generate(a1111, [{"gamma": 1.5, "memory": memory}])
+    calls = []
+    a1111.sd_model.model.diffusion_model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    batched = generate(a1111, [{"gamma": 1.5, "memory": memory, "batched": True}])
+    rows = 3 + len(NEGATIVES)  # the AND prompt's two cond rows, the other's one, the uncond rows
+    assert calls == [rows, rows] + [2 * rows] * (STEPS - 1), "the first step merges the networks, then one call"
+    torch.testing.assert_close(batched.samples, two_calls.samples, rtol=1e-4, atol=1e-4)
+    assert batched.generation.switch.ways.path == ("fast" if memory == "fast" else "lean")
+    assert batched.generation.report.batched_calls == STEPS - 1
+    assert "batched evaluation does not apply" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["unbatched", "skipped uncond"])
+def test_batched_evaluation_falls_back_to_two_calls_and_says_so_once(a1111, case, capsys):
+    prompts = use_case(a1111, case)
+    two_calls = generate(a1111, [{"gamma": 1.5}], prompts)
+    batched = generate(a1111, [{"gamma": 1.5, "batched": True}], prompts)
+    torch.testing.assert_close(batched.samples, two_calls.samples, rtol=1e-4, atol=1e-4)
+    out = capsys.readouterr().out
+    assert out.count("batched evaluation does not apply here (the WebUI splits or skips the cond/uncond rows") == 1
 
 
 @pytest.mark.parametrize("args, name", [([True, 20.0], "gamma"), ([{"w1": "strong"}], "base_cfg"),
@@ -216,3 +275,27 @@ def test_switched_off_server_generates_as_usual_and_says_so(a1111, args, capsys)
     assert "the server runs with --autolora-off" in capsys.readouterr().out
     lifecycle.begin(p, [False], a1111.shared.opts, object, switched_off=True)
     assert capsys.readouterr().out == ""
+
+
+def test_base_conds_skip_a_list_cache_keyed_without_the_networks(a1111, monkeypatch):
+    """ersatzForge caches conds per processing object in `p.cond_cache`, keyed without the networks'
+    state: the base conds must be encoded afresh, and the host's cache left as it was."""
+    processing = sys.modules["modules.processing"]
+    common = importlib.import_module("lib_autolora.hosts.common")
+    host_setup = processing.StableDiffusionProcessing.setup_conds
+
+    def list_cached_setup(p):
+        for key, conds in getattr(p, "cond_cache", []):
+            if key == tuple(p.prompts):
+                p.c, p.uc = conds
+                return
+        host_setup(p)
+
+    monkeypatch.setattr(processing.StableDiffusionProcessing, "setup_conds", list_cached_setup)
+    p = processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
+    stale = (object(), object())
+    p.cond_cache = [[tuple(PROMPTS), stale]]
+    generation = common.CommonGeneration(p, AutoLoraParams(True), a1111.shared.opts)
+    c, uc = generation.encode_base_conds(p, contextlib.nullcontext)
+    assert c is not stale[0] and uc is not stale[1] and uc is not None
+    assert p.cond_cache == [[tuple(PROMPTS), stale]]

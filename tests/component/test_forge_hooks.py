@@ -31,8 +31,8 @@ class CountingSwitch:
         self.calls = calls
 
     @contextlib.contextmanager
-    def networks_off(self):
-        self.calls.append("off")
+    def networks_off(self, exact=False, batch_rows=None):
+        self.calls.append("off exact" if exact else f"off rows {batch_rows}")
         yield
         self.calls.append("on")
 
@@ -44,10 +44,16 @@ class FakeGeneration:
 
     def __init__(self, calls):
         self.step_passes = None
+        self.pass_params = types.SimpleNamespace(batched=False)
         self.switch = CountingSwitch(calls)
 
-    def base_pass(self):
-        return self.switch.networks_off()
+    def base_pass(self, exact=False, batch_rows=None):
+        return self.switch.networks_off(exact, batch_rows)
+
+    def evaluate_batched(self, run, args):
+        self.switch.calls.append("batched")
+        with self.base_pass(batch_rows=1):
+            return run(args)
 
     def lora_pass(self):
         return contextlib.nullcontext()
@@ -70,9 +76,29 @@ def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
     assert options["sampler_post_cfg_function"][0]({"denoised": "raw"}) == "raw"  # no call decided yet
     assert options["sampler_post_cfg_function"][1] is existing_post
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
-    generation.step_passes = Passes.BASE  # a base-only call runs the chained wrapper with the networks off
+    generation.step_passes = Passes.BASE  # a base-only call runs the chained wrapper with the networks off, exactly
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
-    assert calls == ["theirs", "off", "theirs", "on"]
+    assert calls == ["theirs", "off exact", "theirs", "on"]
+    generation.step_passes = Passes.BOTH  # both passes: the LoRA call as it is, or batched where asked for
+    assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
+    generation.pass_params.batched = True
+    assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
+    assert calls[4:] == ["theirs", "batched", "off rows 1", "theirs", "on"]
+
+
+def test_a_samplers_own_post_cfg_list_does_not_drop_ours():
+    """Forge Neo merges a CFG++ sampler's model options (a post-CFG list of its own) over the patcher's."""
+    options = {}
+    patcher_hooks.install(options, FakeGeneration([]))
+    sampler_post = lambda args: args["denoised"]  # noqa: E731
+    merged = {**options, "sampler_post_cfg_function": [sampler_post], "disable_cfg1_optimization": True}
+    for modifier in merged["conditioning_modifiers"]:
+        result = modifier("model", "x", "t", "uncond", "cond", 2.0, merged, 0)
+    functions = result[6]["sampler_post_cfg_function"]
+    assert functions[1:] == [sampler_post] and patcher_hooks.installed(result[6])
+    assert result[6]["disable_cfg1_optimization"] and result[:6] == ("model", "x", "t", "uncond", "cond", 2.0)
+    again = options["conditioning_modifiers"][0]("model", "x", "t", "uncond", "cond", 2.0, options, 0)[6]
+    assert again is options  # nothing to restore: the patcher's own options pass through
 
 
 def test_cloning_a_patcher_does_not_copy_the_generation():
@@ -172,3 +198,62 @@ def test_host_detection_is_from_what_imports(monkeypatch):
         return real(name, *a)
     monkeypatch.setattr(importlib.util, "find_spec", no_backend)
     assert not hosts.is_forge()
+
+
+class Condition:
+    """Forge's backend.sampling.condition.Condition, as calc_cond_uncond_batch uses it."""
+
+    def __init__(self, cond):
+        self.cond = cond
+
+    def process_cond(self, batch_size, device, **kwargs):
+        return Condition(self.cond.repeat(batch_size // self.cond.shape[0], *[1] * (self.cond.dim() - 1)).to(device))
+
+    def concat(self, others):
+        return torch.cat([self.cond] + [other.cond for other in others])
+
+
+def entries(seed):
+    torch.manual_seed(seed)
+    return [{"model_conds": {"c_crossattn": Condition(torch.randn(1, 5, 8)), "y": Condition(torch.randn(1, 3))}}
+            for _ in range(2)]
+
+
+@pytest.mark.parametrize("cond_or_uncond", [[1, 0], [0, 1], [0]])
+def test_batched_conditioning_appends_the_base_chunks_in_the_hosts_order(cond_or_uncond):
+    lora, base = entries(0), entries(1)
+    x = torch.zeros(len(cond_or_uncond), 4, 8, 8)
+    chunks = [{k: v.process_cond(1, "cpu").cond for k, v in lora[kind]["model_conds"].items()}
+              for kind in cond_or_uncond]
+    host_c = {key: torch.cat([chunk[key] for chunk in chunks]) for key in ("c_crossattn", "y")}
+    host_c["c_concat"] = torch.randn(len(cond_or_uncond), 4, 8, 8)
+    host_c["transformer_options"] = {"cond_or_uncond": cond_or_uncond, "cond_mark": torch.tensor(cond_or_uncond),
+                                     "cond_indices": [i for i, k in enumerate(cond_or_uncond) if k == 0]}
+    joined = patcher_hooks.batched_conditioning(host_c, base, cond_or_uncond, x)
+    rows = len(cond_or_uncond)
+    assert torch.equal(joined["c_crossattn"][:rows], host_c["c_crossattn"])
+    for row, kind in enumerate(cond_or_uncond):
+        assert torch.equal(joined["c_crossattn"][rows + row], base[kind]["model_conds"]["c_crossattn"].cond[0])
+        assert torch.equal(joined["y"][rows + row], base[kind]["model_conds"]["y"].cond[0])
+    assert torch.equal(joined["c_concat"], torch.cat([host_c["c_concat"]] * 2)), "a key the base lacks repeats"
+    options = joined["transformer_options"]
+    assert options["cond_or_uncond"] == cond_or_uncond * 2
+    assert options["cond_indices"] == [i for i, k in enumerate(cond_or_uncond * 2) if k == 0]
+    assert host_c["transformer_options"]["cond_or_uncond"] == cond_or_uncond, "the host's options stay"
+
+
+def test_batched_conditioning_refuses_different_shapes():
+    lora, base = entries(0), entries(1)
+    for entry in base:  # a longer prompt for the base model
+        entry["model_conds"]["c_crossattn"] = Condition(torch.randn(1, 10, 8))
+    host_c = {"c_crossattn": torch.cat([entry["model_conds"]["c_crossattn"].cond for entry in lora[::-1]])}
+    with pytest.raises(ValueError, match="c_crossattn differs in shape"):
+        patcher_hooks.batched_conditioning(host_c, base, [1, 0], torch.zeros(2, 4, 8, 8))
+
+
+def test_base_predictions_split_the_chunks_by_kind():
+    rows = torch.arange(4.0).reshape(4, 1)
+    cond, uncond = patcher_hooks.base_predictions(rows, [1, 0])
+    assert torch.equal(cond, rows[2:]) and torch.equal(uncond, rows[:2])
+    cond, uncond = patcher_hooks.base_predictions(rows[:2], [0])
+    assert torch.equal(cond, rows[:2]) and torch.equal(uncond, torch.zeros(2, 1))

@@ -68,7 +68,7 @@ def value_of(page, elem_id):
 def paste_infotext(page, text):
     page.locator("#txt2img_neg_prompt textarea").fill("")  # Forge Classic enables Paste only without one
     page.locator("#txt2img_prompt textarea").fill(text)
-    page.locator("#txt2img_tools #paste").click()
+    page.locator("#tab_txt2img #paste").first.click()  # ersatzForge: no #txt2img_tools around it
     page.wait_for_timeout(1500)
 
 

@@ -18,7 +18,16 @@ class WebUI:
         return http_json(self.url + path, payload, self.timeout)
 
     def txt2img(self, payload):
+        if payload.get("hr_upscaler") == "Latent":
+            payload = {**payload, "hr_upscaler": self.latent_upscaler()}
         return Result(self.call("/sdapi/v1/txt2img", payload))
+
+    def latent_upscaler(self):
+        """The host's plain latent hires upscaler: "Latent" (ersatzForge has only "Latent (antialiased)")."""
+        if not hasattr(self, "_latent"):
+            modes = [mode["name"] for mode in self.call("/sdapi/v1/latent-upscale-modes")]
+            self._latent = "Latent" if "Latent" in modes else next(m for m in modes if m.startswith("Latent"))
+        return self._latent
 
     def img2img(self, payload):
         return Result(self.call("/sdapi/v1/img2img", payload))

@@ -4,6 +4,7 @@ layers carry `network_layer_name`; at each forward a layer whose `network_curren
 from the loaded networks restores its CPU backup and merges `calc_updown` of each network into
 its weight (and bias); kohya files are read from safetensors."""
 import collections
+import types
 
 import safetensors.torch
 import torch
@@ -19,31 +20,44 @@ class Network:
 
 
 class LoraModule:
-    """kohya LoRA: up @ down * alpha / rank; a 3x3 down with a 1x1 up for convolutions."""
+    """kohya LoRA/LoCon as A1111's NetworkModuleLora holds it: `up_model`, `down_model` and an optional
+    `mid_model` (CP decomposition of a convolution) with their weights, `multiplier()`, `calc_scale()`;
+    the update is up @ down (or the CP product with mid) * alpha / rank * multiplier."""
 
-    def __init__(self, down, up, alpha, multiplier):
-        self.down, self.up, self.scale = down, up, multiplier * alpha / down.shape[0]
+    def __init__(self, network, down, up, alpha, mid=None):
+        self.network = network
+        self.down_model, self.up_model = types.SimpleNamespace(weight=down), types.SimpleNamespace(weight=up)
+        self.mid_model = None if mid is None else types.SimpleNamespace(weight=mid)
+        self.alpha, self.dim = alpha, down.shape[0]
+        self.dora_scale = self.bias = None
+
+    def multiplier(self):
+        return self.network.unet_multiplier
+
+    def calc_scale(self):
+        return self.alpha / self.dim
 
     def calc_updown(self, weight):
-        if self.down.dim() == 4:
-            updown = torch.einsum("or,rikl->oikl", self.up.flatten(1), self.down)
+        up, down = (m.weight.to(weight.device).flatten(1) for m in (self.up_model, self.down_model))
+        if self.mid_model is None:
+            updown = (up @ down).reshape(weight.shape)
         else:
-            updown = self.up @ self.down
-        return updown.reshape(weight.shape) * self.scale, None
+            updown = torch.einsum("nmkl,in,mj->ijkl", self.mid_model.weight.to(weight.device), up, down)
+        return updown * self.calc_scale() * self.multiplier(), None
 
 
 class LohaModule:
-    def __init__(self, w1a, w1b, w2a, w2b, alpha, multiplier):
+    def __init__(self, network, w1a, w1b, w2a, w2b, alpha, multiplier):
         self.w1, self.w2, self.scale = w1a @ w1b, w2a @ w2b, multiplier * alpha / w1b.shape[0]
 
     def calc_updown(self, weight):
-        return (self.w1 * self.w2).reshape(weight.shape) * self.scale, None
+        return (self.w1 * self.w2).to(weight.device).reshape(weight.shape) * self.scale, None
 
 
 class NormModule:
     """A "norm" network: replaces-by-adding the weight and bias of a norm layer."""
 
-    def __init__(self, w_norm, b_norm):
+    def __init__(self, network, w_norm, b_norm):
         self.w_norm, self.b_norm = w_norm, b_norm
 
     def calc_updown(self, weight):
@@ -55,17 +69,18 @@ def load_kohya(path, name, multiplier=1.0):
     for key, tensor in safetensors.torch.load_file(path).items():
         layer, _, part = key.partition(".")
         groups[layer.removeprefix("lora_unet_")][part] = tensor.float()
-    modules = {}
+    network = Network(name, {}, multiplier)
     for layer, parts in groups.items():
         alpha = float(parts.get("alpha", torch.tensor(1.0)))
         if "lora_down.weight" in parts:
-            modules[layer] = LoraModule(parts["lora_down.weight"], parts["lora_up.weight"], alpha, multiplier)
+            network.modules[layer] = LoraModule(network, parts["lora_down.weight"], parts["lora_up.weight"], alpha,
+                                                parts.get("lora_mid.weight"))
         elif "hada_w1_a" in parts:
             factors = (parts[f"hada_w{i}_{s}"] for i in (1, 2) for s in ("a", "b"))
-            modules[layer] = LohaModule(*factors, alpha, multiplier)
+            network.modules[layer] = LohaModule(network, *factors, alpha, multiplier)
         elif "w_norm" in parts:
-            modules[layer] = NormModule(parts["w_norm"], parts.get("b_norm"))
-    return Network(name, modules, multiplier)
+            network.modules[layer] = NormModule(network, parts["w_norm"], parts.get("b_norm"))
+    return network
 
 
 class LoraHost:

@@ -21,18 +21,18 @@ import dataclasses
 import math
 
 KEYS = ("enabled", "gamma", "base_cfg", "lora_cfg", "start", "end", "base_text_encoder", "hires",
-        "hires_gamma", "hires_base_cfg", "hires_lora_cfg")
+        "hires_gamma", "hires_base_cfg", "hires_lora_cfg", "memory", "batched")
 ALIASES = {"w1": "base_cfg", "w2": "lora_cfg", "hires_w1": "hires_base_cfg", "hires_w2": "hires_lora_cfg"}
 DEFAULTS = {"enabled": False, "gamma": 1.5, "base_cfg": None, "lora_cfg": None, "start": 0.0, "end": 1.0,
             "base_text_encoder": True, "hires": "same", "hires_gamma": 1.5, "hires_base_cfg": None,
-            "hires_lora_cfg": None}
+            "hires_lora_cfg": None, "memory": "auto", "batched": False}
 RANGES = {"gamma": 10, "hires_gamma": 10, "start": 1, "end": 1,
           "base_cfg": 30, "lora_cfg": 30, "hires_base_cfg": 30, "hires_lora_cfg": 30}
-CHOICES = {"hires": ("same", "own", "off")}
+CHOICES = {"hires": ("same", "own", "off"), "memory": ("auto", "lean", "fast")}
 INFOTEXT = {"AutoLoRA": "enabled", "AutoLoRA gamma": "gamma", "AutoLoRA w1": "base_cfg", "AutoLoRA w2": "lora_cfg",
             "AutoLoRA start": "start", "AutoLoRA end": "end", "AutoLoRA base TE": "base_text_encoder",
             "AutoLoRA hires": "hires", "AutoLoRA hires gamma": "hires_gamma", "AutoLoRA hires w1": "hires_base_cfg",
-            "AutoLoRA hires w2": "hires_lora_cfg"}
+            "AutoLoRA hires w2": "hires_lora_cfg", "AutoLoRA memory": "memory", "AutoLoRA batched": "batched"}
 INVALID = object()
 
 

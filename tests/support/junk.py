@@ -4,7 +4,7 @@ in, so accepted requests are drawn as often as rejected ones. Each strategy yiel
 the class says what kind of input it is, for the counts a test reports."""
 from hypothesis import strategies as st
 
-from tests.support.api_oracle import ALIASES, CHOICES, INFOTEXT, KEYS, RANGES
+from tests.support.api_oracle import ALIASES, CHOICES, DEFAULTS, INFOTEXT, KEYS, RANGES
 
 HUGE = (10 ** 400, -10 ** 400, 1e308, -1e308, 2 ** 63, -2 ** 63)
 
@@ -24,7 +24,7 @@ junk = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4)
 
 def plausible(key):
     """A value that is often right for `key`."""
-    if key in ("enabled", "base_text_encoder"):
+    if isinstance(DEFAULTS[key], bool):
         return st.booleans()
     if key in CHOICES:
         return st.sampled_from(CHOICES[key])

@@ -128,3 +128,24 @@ def test_overrides_replace_given_values_and_can_enable():
         AutoLoraParams(True, 3.0, 5.0, None, 0.1, 0.9)
     with pytest.raises(AutoLoraParamError, match="gamma must be"):
         AutoLoraParams.from_args([True], overrides={"gamma": 11})
+
+
+def test_memory_mode_defaults_to_auto_and_takes_the_three_modes():
+    assert AutoLoraParams().memory == "auto" and AutoLoraParams().batched is False
+    for mode in ("auto", "lean", "fast"):
+        assert AutoLoraParams.from_args([{"memory": mode.upper()}]).memory == mode
+    with pytest.raises(AutoLoraParamError, match=r"memory must be one of 'auto', 'lean', 'fast', got 'small'"):
+        AutoLoraParams.from_args([{"memory": "small"}])
+    with pytest.raises(AutoLoraParamError, match=r"batched must be true or false, got 'sometimes'"):
+        AutoLoraParams.from_args([{"batched": "sometimes"}])
+
+
+def test_memory_and_batched_come_last_by_position_and_reach_infotext_only_when_not_default():
+    names = [field.name for field in FIELDS]
+    assert names[-2:] == ["memory", "batched"], "new fields go last: positional API args keep their places"
+    params = AutoLoraParams.from_args([True, 1.5, 0, 0, 0, 1, True, "same", 1.5, 0, 0, "lean", True])
+    assert (params.memory, params.batched) == ("lean", True)
+    assert AutoLoraParams(True).to_infotext() == {"AutoLoRA": True}
+    entries = params.to_infotext()
+    assert entries == {"AutoLoRA": True, "AutoLoRA memory": "lean", "AutoLoRA batched": True}
+    assert AutoLoraParams.from_infotext({k: str(v) for k, v in entries.items()}) == params

@@ -10,10 +10,12 @@ def test_active_run_names_settings_steps_passes_and_networks():
     for step in range(4):
         report.record(Passes.LORA if step == 0 else Passes.BOTH, step, "steps")
     report.record(Passes.BOTH, 0, "hires pass")
-    line = report.summary(switches=4, switch_seconds=0.012, held_bytes=3 * 2**20)
+    line = report.summary(switches=4, switch_seconds=0.012, held_bytes=3 * 2**20,
+                          path="lean path (low-rank terms on 40 layers, copies of 2)", changed_bytes=60 * 2**20)
     assert line == ("AutoLoRA: gamma 1.5, w1 5, w2 CFG, LoRA and base passes on 4 of 5 denoiser calls "
-                    "(steps 1-3, hires pass 0-0), networks style, face; 4 network switches took 12 ms, "
-                    "3.0 MiB held for the base weights.")
+                    "(steps 1-3, hires pass 0-0), networks style, face; 4 network switches took 12 ms; "
+                    "lean path (low-rank terms on 40 layers, copies of 2), 3.0 MiB held (5 % of the 60.0 MiB of "
+                    "LoRA'd layers).")
 
 
 def test_gamma_one_says_no_base_pass_ran():
@@ -34,3 +36,19 @@ def test_standing_aside_is_said_once_and_replaces_the_summary():
     assert not report.stand_aside("another reason")
     assert report.not_applied == "no LoRA network is active in the prompt"
     assert report.summary() is None
+
+
+def test_batched_calls_are_counted_in_the_line():
+    report = RunReport(AutoLoraParams(True, batched=True))
+    report.networks = ["style"]
+    for step in range(3):
+        report.record(Passes.BOTH, step, "steps")
+    report.batched_calls = 2
+    assert "on 3 of 3 denoiser calls (steps 0-2), 2 of them as one model call, networks style;" in report.summary()
+
+
+def test_a_note_is_said_once():
+    report = RunReport(AutoLoraParams(True))
+    assert report.note("batched evaluation does not apply here")
+    assert not report.note("batched evaluation does not apply here")
+    assert report.note("another note")

@@ -5,7 +5,9 @@ Per denoiser call inside the range, the host's own CFGDenoiser evaluates the LoR
 then evaluates the base model with the same batching, guides each with its own scale through the
 host's combine (AND weights, skipped uncond) and blends them. Calls that need one model only
 (outside the range, gamma 1, gamma 0) run the host's pass alone, so they match plain generations
-bit for bit.
+bit for bit; a pass that is plain LoRA generation throughout (gamma 1, w2 = CFG) installs nothing.
+With batched evaluation the base rows ride along in the host's own call when it evaluates all rows
+at once, the layers computing the base rows without the networks (`layer_off`).
 """
 import functools
 
@@ -15,6 +17,7 @@ from lib_autolora.core import guidance
 from lib_autolora.hosts.a1111 import controlnet
 from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
 from lib_autolora.hosts.common import CommonGeneration
+from lib_autolora.hosts.layer_off import BatchLayoutError
 
 from modules import shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
@@ -23,11 +26,17 @@ from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
 def _counting_forward(generation, host_forward, x, *args, **kwargs):
     """The denoiser's inner model, as patched: counts the rows the host evaluates (fewer when it
     skips the uncond pass); the host's own evaluations are the LoRA pass, or the base pass (networks
-    off) in base-only calls."""
+    off) in base-only calls; with batched evaluation the base rows ride along in the host's LoRA call."""
     generation.rows_evaluated += x.shape[0]
     if generation.in_base_pass:  # the adapter's own base evaluation
         return host_forward(x, *args, **kwargs)
-    with generation.base_pass() if generation.step_passes is guidance.Passes.BASE else generation.lora_pass():
+    if generation.step_passes is guidance.Passes.BASE:
+        with generation.base_pass(exact=True):
+            return host_forward(x, *args, **kwargs)
+    if generation.step_passes is guidance.Passes.BOTH and generation.pass_params.batched and generation.merged:
+        return generation.evaluate_batched(host_forward, x, *args, **kwargs)
+    generation.merged = True  # a LoRA forward merges the networks into every layer it runs
+    with generation.lora_pass():
         return host_forward(x, *args, **kwargs)
 
 
@@ -40,6 +49,17 @@ def _condition(cond, image_cond):
     return {"c_crossattn": [cond], "c_concat": [image_cond]}
 
 
+def _join(a, b):
+    """Two condition structures (tensors, and lists or dicts of them) joined along the batch."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape[1:] == b.shape[1:]:
+        return torch.cat([a, b])
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [_join(x, y) for x, y in zip(a, b)]
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return {key: _join(a[key], b[key]) for key in a}
+    raise ValueError("the base model's conditions differ in shape from the LoRA model's")
+
+
 class A1111Generation(CommonGeneration):
     def __init__(self, p, params, opts):
         super().__init__(p, params, opts)
@@ -48,6 +68,9 @@ class A1111Generation(CommonGeneration):
         self.denoiser_params = None
         self.step_base_conds = None
         self.rows_evaluated = 0
+        self.batched_base = None  # the base rows of a batched call, for combine_denoised
+        self.batch_failed = None  # why batched evaluation cannot apply to this generation
+        self.merged = False  # whether a LoRA call ran in this sampling pass
 
     def handles(self, denoiser):
         return denoiser is self.denoiser
@@ -64,11 +87,15 @@ class A1111Generation(CommonGeneration):
         if shared.sd_model.cond_stage_key == "edit":
             return self.stand_aside("InstructPix2Pix edit models are not supported")
         model = self.model = shared.sd_model
-        switch = self.use_switch(lambda: NetworkSwitch(loaded, model.network_layer_mapping.values()),
-                                 (model, network_names(loaded)))
         self.report.networks = [n.name for n in loaded]
+        if self.plain_pass():
+            return
+        switch = self.use_switch(
+            lambda: NetworkSwitch(loaded, model.network_layer_mapping.values(), self.memory_mode()),
+            (model, network_names(loaded)))
         # every batch: prompts can differ, and img2img keeps one sampler for all batches
-        self.set_base_conds(p, switch.networks_off, p.get_conds())
+        self.set_base_conds(p, functools.partial(switch.networks_off, exact=True), p.get_conds())
+        self.merged = False
         denoiser = p.sampler.model_wrap_cfg
         if denoiser is not self.denoiser:
             self.denoiser = denoiser
@@ -83,6 +110,7 @@ class A1111Generation(CommonGeneration):
         if shared.sd_model is not self.model:
             self.stand_aside("a refiner swapped the model during sampling")
         self.rows_evaluated = 0
+        self.batched_base = None
         self.denoiser_params = params
         conds = self.begin_call(params)
         self.step_base_conds = None if conds is None else conds[1:]
@@ -102,23 +130,28 @@ class A1111Generation(CommonGeneration):
         if self.step_passes is guidance.Passes.BASE:
             return host_combine(x_out, conds_list, uncond, scale(self.pass_params.base_cfg))
         lora = host_combine(x_out, conds_list, uncond, scale(self.pass_params.lora_cfg))
-        base_out = self._evaluate_base(conds_list, skipped)
+        base_out = self.batched_base if self.batched_base is not None else self._evaluate_base(conds_list, skipped)
         base = host_combine(base_out, conds_list, uncond, scale(self.pass_params.base_cfg))
         return guidance.autolora(base, lora, self.pass_params.gamma)
 
-    def _evaluate_base(self, conds_list, skipped):
-        """The base model's outputs in the layout of the host's x_out, batched as the host batches."""
-        denoiser, params, opts = self.denoiser, self.denoiser_params, shared.opts
-        model = denoiser.inner_model
+    def _base_inputs(self, batch_size, skipped):
+        """(x, sigma, image cond, cond tensor, uncond) of the base pass, padded and cut as the host does."""
+        params, opts = self.denoiser_params, shared.opts
         tensor, uncond = self.step_base_conds
-        batch_size = len(conds_list)
         x_in, sigma_in, image_cond_in = params.x, params.sigma, params.image_cond
         if skipped:
             x_in, sigma_in, image_cond_in = x_in[:-batch_size], sigma_in[:-batch_size], image_cond_in[:-batch_size]
         if opts.pad_cond_uncond_v0 and tensor.shape[1] != uncond.shape[1]:
-            tensor, uncond = denoiser.pad_cond_uncond_v0(tensor, uncond)
+            tensor, uncond = self.denoiser.pad_cond_uncond_v0(tensor, uncond)
         elif opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
-            tensor, uncond = denoiser.pad_cond_uncond(tensor, uncond)
+            tensor, uncond = self.denoiser.pad_cond_uncond(tensor, uncond)
+        return x_in, sigma_in, image_cond_in, tensor, uncond
+
+    def _evaluate_base(self, conds_list, skipped):
+        """The base model's outputs in the layout of the host's x_out, batched as the host batches."""
+        model, opts = self.denoiser.inner_model, shared.opts
+        batch_size = len(conds_list)
+        x_in, sigma_in, image_cond_in, tensor, uncond = self._base_inputs(batch_size, skipped)
 
         def run(a, b, cond):
             return model(x_in[a:b], sigma_in[a:b], cond=_condition(cond, image_cond_in[a:b]))
@@ -139,6 +172,43 @@ class A1111Generation(CommonGeneration):
         if skipped:  # as the host does: the cond result stands in for the skipped uncond
             out = torch.cat([out] + [out[c[0][0]:c[0][0] + 1] for c in conds_list])
         return out
+
+    def _batch_obstacle(self, x):
+        """Why this call cannot take the base rows too, or None."""
+        if getattr(shared.opts, "lora_functional", False):
+            return "A1111's lora_functional mode adds the networks in each forward instead of merging them"
+        if x.shape[0] != self.denoiser_params.x.shape[0]:
+            return "the WebUI splits or skips the cond/uncond rows of this step"
+        return None
+
+    def evaluate_batched(self, host_forward, x, sigma, cond):
+        """The host's call with the base model's rows of the step appended, in one model call; the base
+        rows are kept for combine_denoised. Where that cannot apply, says why once and runs two calls."""
+        if self.batch_failed:
+            with self.lora_pass():
+                return host_forward(x, sigma, cond=cond)
+        reason = self._batch_obstacle(x)
+        if reason is None and not self.switch.merged_everywhere():
+            reason = "the networks are not merged into every layer they change"
+        joined = None
+        if reason is None:
+            x_in, sigma_in, image_cond_in, tensor, uncond = self._base_inputs(0, skipped=False)
+            try:
+                joined = _join(cond, _condition(catenate_conds([tensor, uncond]), image_cond_in))
+            except ValueError as error:
+                reason = self.batch_failed = str(error)
+        if joined is not None:
+            try:
+                with self.base_pass(batch_rows=x.shape[0]):
+                    out = host_forward(torch.cat([x, x_in]), torch.cat([sigma, sigma_in]), cond=joined)
+                self.batched_base = out[x.shape[0]:]
+                self.report.batched_calls += 1
+                return out[:x.shape[0]]
+            except BatchLayoutError as error:
+                reason = self.batch_failed = str(error)
+        self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
+        with self.lora_pass():
+            return host_forward(x, sigma, cond=cond)
 
     def close(self):
         super().close()

@@ -3,19 +3,21 @@
 A1111 merges the active networks into each layer's weights lazily, keeping CPU backups of the
 originals (`network_weights_backup`, `network_bias_backup`) and remembering the merged set in
 `network_current_names`. Emptying `loaded_networks` alone would make every layer restore its
-backup from CPU on each switch and re-merge on the next; instead the layers that hold the merged
-set get device copies of their backups swapped in, and their bookkeeping says "no networks", so
-A1111 sees nothing to do. One switch is then a loop of attribute assignments, exact for every
-network type (whatever the type computes ends up in the layer's weight and bias), and it holds one
-extra copy of the layers the networks change.
+backup from CPU on each switch and re-merge on the next; instead each layer that holds the merged
+set computes without the networks in one of the ways of `layer_off` (a copy of its backup, its
+backup streamed per call, or the merged output minus the networks' low-rank term, from the host's
+own LoRA modules), and its bookkeeping says "no networks", so A1111 sees nothing to do. No weight
+is written. On CPU the backups live on the model's device, so a copy is the backup itself.
 
-Layers that do not hold the merged set yet are left to A1111's own path, which is exact too.
-This module is duck-typed on those attributes and imports nothing from the WebUI.
+Layers that do not hold the merged set yet are left to A1111's own path, which is exact too; so
+are layers in `lora_functional` mode, where the networks are added in the forward and emptying
+`loaded_networks` is all it takes. This module is duck-typed on those attributes and imports
+nothing from the WebUI.
 """
 import contextlib
 import time
 
-import torch
+from lib_autolora.hosts.layer_off import LayerSwitch, LowRankTerm, OffLayer, get_slot, low_rank_part
 
 
 def network_names(networks):
@@ -28,101 +30,134 @@ def _changes_layer(networks, layer_name):
     return any(layer_name + s in net.modules for net in networks for s in suffixes)
 
 
-# A switch touches every layer that holds the networks, twice: the direct reads and writes below
-# skip nn.Module's __getattr__/__setattr__ checks (parameter slots stay parameter slots, the
-# bookkeeping is a plain attribute), which were most of its cost.
+def _base_fields(layer):
+    """[(owner, attribute, original)] of a layer the networks change, from A1111's backups."""
+    weights = getattr(layer, "network_weights_backup", None)
+    bias = getattr(layer, "network_bias_backup", None)
+    if hasattr(layer, "in_proj_weight"):  # MultiheadAttention
+        in_proj, out_proj = weights
+        return [(layer, "in_proj_weight", in_proj), (layer.out_proj, "weight", out_proj),
+                (layer.out_proj, "bias", bias)]
+    fields = [(layer, "weight", weights)]
+    if bias is not None or getattr(layer, "bias", None) is not None:
+        fields.append((layer, "bias", bias))
+    return fields
 
-def _get(owner, name):
-    return owner._parameters[name] if name in owner._parameters else getattr(owner, name)
+
+def _is_plain_lora(module, network):
+    """A LoRA/LoCon module whose whole update is up @ (mid) @ down times its scale (NetworkModuleLora
+    without DoRA, a bias or a dyn_dim cut)."""
+    return (hasattr(module, "up_model") and hasattr(module, "down_model") and network.dyn_dim is None
+            and getattr(module, "dora_scale", None) is None and getattr(module, "bias", None) is None)
 
 
-def _put(owner, name, value):
-    if name in owner._parameters:
-        owner._parameters[name] = value
-    else:
-        setattr(owner, name, value)
+def _low_rank_term(layer, networks):
+    """The networks' term on `layer` from their own modules, or None where one of them is not low-rank
+    (LoHa, LoKr, OFT, full, norm, ...), the layer is a MultiheadAttention or stores fp8 weights."""
+    if "weight" not in layer._parameters or getattr(layer, "fp16_weight", None) is not None:
+        return None
+    weight = get_slot(layer, "weight")
+    parts = []
+    for net in networks:
+        module = net.modules.get(layer.network_layer_name)
+        if module is None:
+            continue
+        if not _is_plain_lora(module, net):
+            return None
+        mid = None if getattr(module, "mid_model", None) is None else module.mid_model.weight
+        part = low_rank_part(layer, weight, module.down_model.weight, module.up_model.weight, mid,
+                             module.multiplier() * module.calc_scale())
+        if part is None:
+            return None
+        parts.append(part)
+    return LowRankTerm(layer, parts) if parts else None
 
 
 def _set_names(layer, names):
     layer.__dict__["network_current_names"] = names
 
 
-def _as_base(value, like):
-    if value is None:
-        return None
-    device = like.device if like is not None else value.device
-    return torch.nn.Parameter(value.to(device=device, copy=True), requires_grad=False)
-
-
-def _base_fields(layer):
-    """[(owner, attribute, original value)] of a layer the networks change, from A1111's backups."""
-    weights = getattr(layer, "network_weights_backup", None)
-    bias = getattr(layer, "network_bias_backup", None)
-    if hasattr(layer, "in_proj_weight"):  # MultiheadAttention
-        in_proj, out_proj = weights
-        return [(layer, "in_proj_weight", _as_base(in_proj, layer.in_proj_weight)),
-                (layer.out_proj, "weight", _as_base(out_proj, layer.out_proj.weight)),
-                (layer.out_proj, "bias", _as_base(bias, layer.out_proj.bias))]
-    fields = [(layer, "weight", _as_base(weights, layer.weight))]
-    if bias is not None or getattr(layer, "bias", None) is not None:
-        fields.append((layer, "bias", _as_base(bias, layer.bias)))
-    return fields
-
-
 class NetworkSwitch:
     """Turns the prompt's networks off inside `networks_off()` and restores them after."""
 
-    def __init__(self, loaded_networks, layers):
+    def __init__(self, loaded_networks, layers, mode="auto"):
         self._loaded = loaded_networks  # the Lora extension's own list, emptied in place while off
         # A1111 names every module; only those with weights take networks
         self._layers = [layer for layer in layers if hasattr(layer, "network_layer_name")
                         and (hasattr(layer, "weight") or hasattr(layer, "in_proj_weight"))]
-        self._base = {}  # layer -> its _base_fields, made on first use, held for the generation
+        self.ways = LayerSwitch(mode)
+        self._off = {}  # layer -> its OffLayer, or None for a layer the networks leave unchanged
+        self._changed, self._changed_for = [], None  # the layers the networks change, and for which names
         self.switches = 0
         self.switch_seconds = 0.0  # time spent switching off and on, not in the model
 
     def held_bytes(self):
-        """Memory held by the original copies of the changed layers."""
-        return sum(value.numel() * value.element_size()
-                   for fields in self._base.values() for _, _, value in fields if value is not None)
+        """Memory held for the base pass: copies of originals and low-rank factors on the device."""
+        return self.ways.held_bytes()
+
+    def changed_bytes(self):
+        return self.ways.changed_bytes()
+
+    def describe(self):
+        return self.ways.describe()
 
     def release(self):
-        self._base.clear()
+        self.ways.release()
+        self._off.clear()
 
-    def _fields(self, layer, networks):
-        if layer not in self._base:
+    def _off_layer(self, layer, networks):
+        if layer not in self._off:
             changed = _changes_layer(networks, layer.network_layer_name)
             has_backup = getattr(layer, "network_weights_backup", None) is not None
-            self._base[layer] = _base_fields(layer) if changed and has_backup else []
-        return self._base[layer]
+            self._off[layer] = OffLayer(layer, _base_fields(layer), _low_rank_term(layer, networks), self.ways) \
+                if changed and has_backup else None
+        return self._off[layer]
+
+    def merged_everywhere(self):
+        """Whether every layer the networks change that A1111 has merged into holds them now (not so in
+        lora_functional mode, where the host restores and resets the layers at each forward, nor before a
+        layer's first forward with them, nor while another set is merged)."""
+        networks = list(self._loaded)
+        wanted = network_names(networks)
+        if self._changed_for != wanted:
+            self._changed = [layer for layer in self._layers if _changes_layer(networks, layer.network_layer_name)]
+            self._changed_for = wanted
+        return all(layer.__dict__.get("network_current_names", ()) == wanted for layer in self._changed
+                   if getattr(layer, "network_weights_backup", None) is not None)
 
     @contextlib.contextmanager
-    def networks_off(self):
+    def networks_off(self, exact=False, batch_rows=None):
+        """The model without the networks; `exact` for calls that must equal it bit for bit. With
+        `batch_rows` only the rows after the first `batch_rows` of each layer's input go without them (a
+        batched call; every changed layer must hold the networks merged), and the host's list stays."""
         networks = list(self._loaded)
         if not networks:
             yield
             return
         wanted = network_names(networks)
-        swapped = []
         started = time.perf_counter()
+        merged = [layer for layer in self._layers if layer.__dict__.get("network_current_names", ()) == wanted]
+        offs = [off for off in (self._off_layer(layer, networks) for layer in merged) if off is not None]
+        self.ways.decide(offs)
+        batched = batch_rows is not None
+        undo = []
         try:
-            for layer in self._layers:
-                if layer.__dict__.get("network_current_names", ()) != wanted:
-                    continue
-                fields = self._fields(layer, networks)
-                swapped.append((layer, [(owner, name, _get(owner, name)) for owner, name, _ in fields]))
-                for owner, name, value in fields:
-                    _put(owner, name, value)
-                _set_names(layer, ())
-            self._loaded.clear()
+            self.ways.base_rows = slice(batch_rows, 2 * batch_rows) if batched else None
+            for off in offs:
+                undo.append(self.ways.turn_off(off, exact))
+            if not batched:
+                for layer in merged:
+                    _set_names(layer, ())
+                self._loaded.clear()
             self.switches += 1
             self.switch_seconds += time.perf_counter() - started
             yield
         finally:
             started = time.perf_counter()
+            self.ways.base_rows = None
             self._loaded[:] = networks
-            for layer, merged in swapped:
-                for owner, name, value in merged:
-                    _put(owner, name, value)
+            for entry in undo:
+                self.ways.turn_on(entry)
+            for layer in merged:
                 _set_names(layer, wanted)
             self.switch_seconds += time.perf_counter() - started

@@ -10,12 +10,15 @@ generations bit for bit.
 """
 import functools
 import math
+import os
+import types
 
 import torch
 
 import lib_autolora.hosts.patcher_hooks as patcher_hooks
 from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
+from lib_autolora.hosts.layer_off import BatchLayoutError
 
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
@@ -30,7 +33,8 @@ def _host_cond_scale(denoiser, sigma):
     if opts.skip_early_cond > 0 and denoiser.step / denoiser.total_steps <= opts.skip_early_cond:
         return 1.0
     s_min_uncond = extra.get("s_min_uncond") or 0
-    if (denoiser.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+    every_other = "s_min_uncond_all" in opts.data_labels  # ersatzForge has no such option and skips on every step
+    if (denoiser.step % 2 or not every_other or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
         return 1.0
     return p.hr_cfg if p.is_hr_pass else extra["cond_scale"]
 
@@ -40,6 +44,19 @@ class ForgeGeneration(CommonGeneration):
         super().__init__(p, params, opts)
         self.step_base_conds = None
         self.host_scale = None
+        self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
+        self.batch_failed = None  # why batched evaluation cannot apply to this generation
+
+    def loaded_networks(self):
+        loaded = super().loaded_networks()
+        if loaded:
+            return loaded
+        # ersatzForge's load_networks fills a list of its own and leaves networks.loaded_networks empty:
+        # the LoRA files patched into the prompt's UNet and text encoder name the networks instead
+        objects = self.p.sd_model.forge_objects
+        patchers = (objects.unet, getattr(objects.clip, "patcher", None))
+        files = dict.fromkeys(key[0] for patcher in patchers for key in getattr(patcher, "lora_patches", None) or {})
+        return [types.SimpleNamespace(name=os.path.splitext(os.path.basename(name))[0]) for name in files]
 
     def handles(self, denoiser):
         return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
@@ -63,8 +80,12 @@ class ForgeGeneration(CommonGeneration):
         if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
             return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
                                     "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
-        self.use_switch(lambda: ForgeLoraSwitch(unet.model), unet.model)
         self.report.networks = [n.name for n in loaded]
+        if self.plain_pass():
+            return
+        patches = getattr(unet, "lora_patches", {})
+        self.use_switch(lambda: ForgeLoraSwitch(unet.model, patches, self.memory_mode()),
+                        (unet.model, str(list(patches.keys()))))
         self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
         patcher_hooks.install(unet.model_options, self)
@@ -78,10 +99,48 @@ class ForgeGeneration(CommonGeneration):
         if shared.sd_model.forge_objects.unet.model is not self.switch.model:
             self.stand_aside("a refiner swapped the model during sampling")
         self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
+        self.batched_base = None
         self.step_base_conds = self.begin_call(params)
+
+    def _batch_obstacle(self, args):
+        """Why this model call cannot take the base rows too, or None."""
+        conds_list, _, uncond = self.step_base_conds
+        if not self.switch.merged_everywhere():
+            return "online LoRA patches are applied in each forward, not merged into the weights"
+        if "control" in args["c"]:
+            return "ControlNet computes its control for the host's rows only"
+        if len(conds_list[0]) != 1 or sorted(args["cond_or_uncond"]) not in ([0], [0, 1]):
+            return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
+        if 1 in args["cond_or_uncond"] and uncond is None:
+            return "the base model has no uncond here"
+        return None
+
+    def evaluate_batched(self, run, args):
+        """The host's model call with the base model's rows of the step appended; the base predictions
+        are kept for post_cfg. Where that cannot apply, says why once and runs two calls."""
+        reason = self.batch_failed or self._batch_obstacle(args)
+        if reason is None:
+            conds_list, tensor, uncond = self.step_base_conds
+            entries = compile_weighted_conditions(tensor, conds_list) + (compile_conditions(uncond) or [])
+            rows = args["input"].shape[0]
+            try:
+                c = patcher_hooks.batched_conditioning(args["c"], entries, args["cond_or_uncond"], args["input"])
+                with self.base_pass(batch_rows=rows):
+                    out = run({**args, "input": torch.cat([args["input"]] * 2), "c": c,
+                               "timestep": torch.cat([args["timestep"]] * 2)})
+                self.batched_base = patcher_hooks.base_predictions(out[rows:], args["cond_or_uncond"])
+                self.report.batched_calls += 1
+                return out[:rows]
+            except (ValueError, BatchLayoutError) as error:
+                reason = self.batch_failed = str(error)
+        self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
+        with self.lora_pass():
+            return run(args)
 
     def evaluate_base(self, args, with_uncond):
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
+        if self.batched_base is not None:
+            return self.batched_base
         cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
                                                       compile_weighted_conditions, compile_conditions)
         with self.base_pass():

@@ -53,9 +53,12 @@ class LdmPatchedGeneration(CommonGeneration):
         reason = self._unsupported(sd_model, unet)
         if reason is not None:
             return self.stand_aside(reason)
-        low_vram_patch = getattr(model_patcher, "LowVramPatch", None)  # reForge's; Classic has none
-        self.use_switch(lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch), unet.model)
         self.report.networks = [n.name for n in loaded]
+        if self.plain_pass():
+            return
+        low_vram_patch = getattr(model_patcher, "LowVramPatch", None)  # reForge's; Classic has none
+        self.use_switch(lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch,
+                                                     self.memory_mode()), unet.model)
         self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), p.get_conds())
         # undone at the end: the hooks must not outlive the generation
         self.patch(sd_model.forge_objects, "unet", self._hooked(unet, _pass_scale(p)))
@@ -88,6 +91,12 @@ class LdmPatchedGeneration(CommonGeneration):
             self.stand_aside("a refiner swapped the model during sampling")
         self.host_scale = None  # recorded again before this call's sampling_function
         self.step_base_conds = self.begin_call(params)
+
+    def evaluate_batched(self, run, args):
+        """Batched evaluation needs the host's model call to take extra rows; here it runs two calls."""
+        self.say_once("batched evaluation is not available on this WebUI; two model calls per step")
+        with self.lora_pass():
+            return run(args)
 
     def evaluate_base(self, args, with_uncond):
         """The base model's (cond, uncond) predictions, batched by the host's own evaluation."""

@@ -14,11 +14,12 @@ FUNCTION_LISTS = ("weight_function", "bias_function")  # a module's per-forward 
 
 
 class LdmPatchedLoraSwitch(WeightSwitch):
-    def __init__(self, current_patcher, patch_type=None):
+    def __init__(self, current_patcher, patch_type=None, mode="auto"):
         """`current_patcher()`: the patcher whose weights are loaded now, asked at each switch (in Forge
         Classic every clone keeps its own backup, filled when that clone loads). `patch_type`: the
-        host's per-forward patch class (LowVramPatch), None where it has none."""
-        super().__init__(current_patcher().model)
+        host's per-forward patch class (LowVramPatch), None where it has none. No low-rank terms here:
+        the lean path takes copies where they fit, else streams the originals."""
+        super().__init__(current_patcher().model, mode)
         self.current_patcher = current_patcher
         self.patch_type = patch_type
 

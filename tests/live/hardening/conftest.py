@@ -71,7 +71,7 @@ def assert_fresh(webui, fresh):
 
 def assert_no_leak(now, start):
     assert now["generations"] == 0, f"{now['generations']} Generation objects outlive their requests"
-    assert now["patched"] == 0 and now["switch_tensors"] == 0 and now["switch_bytes"] == 0
+    assert now["patched"] == 0 and now["switch_layers"] == 0 and now["switch_bytes"] == 0
     assert now["callbacks"] == start["callbacks"]
     assert now["holders"] == start["holders"], "host objects hold AutoLoRA functions they did not hold at start"
 

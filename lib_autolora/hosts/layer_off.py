@@ -1,0 +1,318 @@
+"""How a layer that holds the prompt's merged networks computes without them, for the base pass,
+while the host's merged weights stay as they are. Shared by the host families; imports no WebUI.
+
+Three ways, chosen per layer:
+
+    copy    the layer's original tensors, held on its device for the generation and swapped in
+            for the base pass; exact. Free where the host's own backup already lives there with
+            the same dtype (on CPU), since the backup itself is swapped in.
+    stream  the originals moved to the device for each call and dropped after; exact, holds nothing
+            between calls; costs a transfer per call where the originals live on another device.
+    term    the merged layer's output minus the networks' low-rank term, `scale * up(mid(down(x)))`
+            from each network's own factors (LoRA, LoCon); within float tolerance of the original
+            layer; holds the factors on the device (a few % of the layer).
+
+A switch swaps attributes only: a layer's parameter slots for `copy`, its instance `forward` for
+`stream` and `term`. Nothing is written into a weight, so undoing a switch leaves every weight the
+host merged bit for bit as it was.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+COPY, STREAM, TERM = "copy", "stream", "term"
+COMFORTABLE_SHARE = 0.5  # copies only where they take at most this share of the device's free memory
+
+
+class BatchLayoutError(RuntimeError):
+    """A layer saw a batch that does not hold the LoRA and base rows the batched call set up."""
+
+
+def tensor_bytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def free_memory(device):
+    """Bytes free for new tensors on `device`: CUDA's free memory plus what its allocator holds unused;
+    available RAM elsewhere."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        return 0
+
+
+def get_slot(owner, name):
+    """A module's tensor, read past nn.Module.__getattr__ (a switch touches hundreds of layers twice)."""
+    return owner._parameters[name] if name in owner._parameters else getattr(owner, name)
+
+
+def put_slot(owner, name, value):
+    if name in owner._parameters:
+        owner._parameters[name] = value
+    else:
+        setattr(owner, name, value)
+
+
+def _conv_config(layer):
+    """(stride, padding, dilation) of a Conv2d whose convolution a low-rank term can repeat, else None."""
+    if getattr(layer, "groups", 1) != 1 or getattr(layer, "padding_mode", "zeros") != "zeros":
+        return None
+    return layer.stride, layer.padding, layer.dilation
+
+
+def low_rank_part(layer, weight, down, up, mid, scale):
+    """One network's factors shaped for the term on `layer` (Linear-like or Conv2d), or None where they do
+    not make a plain low-rank product of the weight's shape (other shapes, grouped or padded convolutions)."""
+    rank = down.shape[0]
+    if weight.dim() == 2 and mid is None:
+        if down.numel() != rank * weight.shape[1] or up.numel() != weight.shape[0] * rank:
+            return None
+        return down.reshape(rank, -1), up.reshape(weight.shape[0], rank), None, scale
+    if weight.dim() != 4 or not isinstance(layer, torch.nn.Conv2d) or _conv_config(layer) is None:
+        return None
+    out_channels, in_channels, kh, kw = weight.shape
+    if mid is None:
+        if down.numel() != rank * in_channels * kh * kw or up.numel() != out_channels * rank:
+            return None
+        return down.reshape(rank, in_channels, kh, kw), up.reshape(out_channels, rank, 1, 1), None, scale
+    if down.numel() != rank * in_channels or tuple(mid.shape[1:]) != (rank, kh, kw) \
+            or up.numel() != out_channels * mid.shape[0]:
+        return None
+    return down.reshape(rank, in_channels, 1, 1), up.reshape(out_channels, mid.shape[0], 1, 1), mid, scale
+
+
+class LowRankTerm:
+    """The networks' low-rank terms on one layer, summed. On the device, parts without a mid factor are
+    joined into one (down, up) pair with the scales folded into `up`, so any number of networks costs two
+    small products; the host's own factor tensors stay where they are."""
+
+    def __init__(self, layer, parts):
+        self.conv = _conv_config(layer) if isinstance(layer, torch.nn.Conv2d) else None
+        self.parts = parts  # [(down, up, mid or None, scale)] from low_rank_part
+        self.factors, self.key = None, None  # [(down, up, mid)] on the device and dtype of the last input
+
+    def held_bytes(self):
+        return tensor_bytes(t for factors in self.factors or () for t in factors)
+
+    def release(self):
+        self.factors, self.key = None, None
+
+    def _on(self, x):
+        key = (x.device, x.dtype)
+        if key != self.key:
+            def on(t, scale=1.0):  # the scale is folded in at float32, then cast to the input's dtype
+                return (t.to(device=x.device, dtype=torch.float32) * scale).to(x.dtype)
+            plain = [part for part in self.parts if part[2] is None]
+            self.factors = [(torch.cat([on(d) for d, _, _, _ in plain]),
+                             torch.cat([on(u, s) for _, u, _, s in plain], 1), None)] if plain else []
+            self.factors += [(on(d), on(u, s), on(m)) for d, u, m, s in self.parts if m is not None]
+            self.key = key
+        return self.factors
+
+    def __call__(self, x):
+        total = None
+        for down, up, mid in self._on(x):
+            if self.conv is None:
+                out = F.linear(F.linear(x, down), up)
+            elif mid is None:
+                out = F.conv2d(F.conv2d(x, down, None, *self.conv), up)
+            else:
+                out = F.conv2d(F.conv2d(F.conv2d(x, down), mid, None, *self.conv), up)
+            total = out if total is None else total + out
+        return total
+
+class OffLayer:
+    """One layer holding the merged networks: its original tensors (the host's backups), its low-rank term
+    where the networks have one, and the forwards a switch installs on it."""
+
+    def __init__(self, layer, fields, term, switch):
+        self.layer = layer
+        self.fields = fields  # [(owner, attribute, original tensor or None)]
+        self.term = term      # LowRankTerm, or None where a network on the layer is not low-rank
+        self.switch = switch  # its `base_rows` says which rows of a batched call are base rows
+        self.copies = None
+        previous = layer.__dict__.get("forward")  # a host that patches instances (a test stand-in) keeps it
+        self.host_forward = previous if previous is not None else type(layer).forward.__get__(layer)
+
+    def size(self):
+        """Bytes of the layer's tensors the networks change, as the layer holds them."""
+        return tensor_bytes(get_slot(owner, name) for owner, name, _ in self.fields)
+
+    def copy_bytes(self):
+        """Memory `copy` would hold: none for originals that already live on the layer's device in its dtype."""
+        total = 0
+        for owner, name, original in self.fields:
+            current = get_slot(owner, name)
+            if original is not None and (original.device != current.device or original.dtype != current.dtype):
+                total += original.numel() * current.element_size()
+        return total
+
+    def held_bytes(self):
+        held = self.term.held_bytes() if self.term is not None else 0
+        return held + (self.copy_bytes() if self.copies is not None else 0)
+
+    def release(self):
+        self.copies = None
+        if self.term is not None:
+            self.term.release()
+
+    def originals(self, keep):
+        """The originals as tensors on the layer's device (the very same tensors where they live there)."""
+        values = []
+        for owner, name, original in self.fields:
+            if original is not None:
+                current = get_slot(owner, name)
+                original = torch.nn.Parameter(original.to(device=current.device, dtype=current.dtype),
+                                              requires_grad=False)
+            values.append(original)
+        if keep:
+            self.copies = values
+        return values
+
+    @contextlib.contextmanager
+    def swapped(self, values):
+        merged = [get_slot(owner, name) for owner, name, _ in self.fields]
+        try:
+            for (owner, name, _), value in zip(self.fields, values):
+                put_slot(owner, name, value)
+            yield
+        finally:
+            for (owner, name, _), value in zip(self.fields, merged):
+                put_slot(owner, name, value)
+
+    # -- the forwards a switch installs --
+
+    def _base_rows(self, x):
+        rows = self.switch.base_rows
+        if rows is not None and x.shape[0] != rows.stop:
+            raise BatchLayoutError(f"a layer saw {x.shape[0]} rows where the batched call has {rows.stop}")
+        return rows
+
+    def term_forward(self, x, *args, **kwargs):
+        y = self.host_forward(x, *args, **kwargs)
+        rows = self._base_rows(x)
+        if rows is None:
+            y -= self.term(x).to(y.dtype)
+        else:
+            y[rows] -= self.term(x[rows]).to(y.dtype)
+        return y
+
+    def originals_forward(self, x, *args, **kwargs):
+        """The layer with its originals: the held copies, else streamed ones; on base rows only when batched."""
+        values = self.copies if self.copies is not None else self.originals(keep=False)
+        rows = self._base_rows(x)
+        if rows is None:
+            with self.swapped(values):
+                return self.host_forward(x, *args, **kwargs)
+        lora_rows = slice(0, rows.start)
+        lora = self.host_forward(*_rows((x,) + args, lora_rows, rows.stop), **_rows(kwargs, lora_rows, rows.stop))
+        with self.swapped(values):
+            base = self.host_forward(*_rows((x,) + args, rows, rows.stop), **_rows(kwargs, rows, rows.stop))
+        return _join_rows(lora, base)
+
+
+def _rows(values, rows, total):
+    """The tensors among `values` (a tuple or dict) that hold the whole batch, cut to `rows`."""
+    def cut(value):
+        return value[rows] if torch.is_tensor(value) and value.dim() and value.shape[0] == total else value
+    if isinstance(values, dict):
+        return {key: cut(value) for key, value in values.items()}
+    return tuple(cut(value) for value in values)
+
+
+def _join_rows(lora, base):
+    """Outputs of the two halves back in one batch (a tensor, or a tuple such as MultiheadAttention's)."""
+    if isinstance(lora, tuple):
+        return tuple(None if a is None else torch.cat([a, b]) for a, b in zip(lora, base))
+    return torch.cat([lora, base])
+
+
+class LayerSwitch:
+    """Chooses each layer's way for a generation from the memory mode and switches layers off and on.
+
+    `auto` takes copies where the device's free memory comfortably holds all of them (they cost nothing per
+    step), else the lean path; `lean` takes terms where a layer's networks are low-rank and, for the other
+    layers, copies where they fit comfortably, else streamed originals; `fast` takes copies. Calls that
+    must be exact (`exact=True`: the base model's own steps at gamma 0, the base text encoding) use copies
+    where they are free or held, else streamed originals, never terms."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.path = None  # "fast" or "lean", decided on the first switch
+        self.ways = {}  # OffLayer -> its way for calls that allow float tolerance
+        self.base_rows = None  # slice of the base rows while a batched call runs
+
+    def decide(self, layers):
+        """Picks the path and every new layer's way; `layers` are the OffLayers of one switch."""
+        new = [off for off in layers if off not in self.ways]
+        if not new:
+            return
+        device = get_slot(*new[0].fields[0][:2]).device
+        free = free_memory(device) if any(off.copy_bytes() for off in new) else 0
+
+        def fit(layers):
+            needed = sum(off.copy_bytes() for off in layers)
+            return needed == 0 or needed <= COMFORTABLE_SHARE * free
+
+        if self.path is None:
+            fast = self.mode == "fast" or (self.mode == "auto" and fit(new))
+            self.path = "fast" if fast else "lean"
+        others_fit = fit([off for off in new if off.term is None])
+        for off in new:
+            if self.path == "fast" or (off.term is None and others_fit):
+                self.ways[off] = COPY
+            else:
+                self.ways[off] = TERM if off.term is not None else STREAM
+
+    def turn_off(self, off, exact):
+        """Switches one layer off; returns what `turn_on` needs to undo it."""
+        way = self.ways[off]
+        if way == TERM and exact:
+            way = COPY if off.copy_bytes() == 0 else STREAM
+        if way == COPY and self.base_rows is None:
+            values = off.copies if off.copies is not None else off.originals(keep=True)
+            merged = [get_slot(owner, name) for owner, name, _ in off.fields]
+            for (owner, name, _), value in zip(off.fields, values):
+                put_slot(owner, name, value)
+            return off, merged, None
+        if way == COPY and off.copies is None:
+            off.originals(keep=True)
+        previous = off.layer.__dict__.get("forward")
+        off.layer.__dict__["forward"] = off.term_forward if way == TERM else off.originals_forward
+        return off, None, previous
+
+    @staticmethod
+    def turn_on(undo):
+        off, merged, previous = undo
+        if merged is not None:
+            for (owner, name, _), value in zip(off.fields, merged):
+                put_slot(owner, name, value)
+        elif previous is None:
+            del off.layer.__dict__["forward"]
+        else:
+            off.layer.__dict__["forward"] = previous
+
+    def held_bytes(self):
+        return sum(off.held_bytes() for off in self.ways)
+
+    def changed_bytes(self):
+        return sum(off.size() for off in self.ways)
+
+    def describe(self):
+        """The path and its layers by way, for the console line."""
+        if self.path is None:
+            return ""
+        counts = {way: sum(1 for w in self.ways.values() if w == way) for way in (TERM, COPY, STREAM)}
+        names = {TERM: "low-rank terms on {} layers", COPY: "copies of {}", STREAM: "streamed originals of {}"}
+        parts = [names[way].format(n) for way, n in counts.items() if n]
+        return f"{self.path} path ({', '.join(parts)})"
+
+    def release(self):
+        for off in self.ways:
+            off.release()
+        self.ways.clear()
