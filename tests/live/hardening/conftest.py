@@ -38,7 +38,8 @@ def asking(payload, fault="", pace=""):
 
 
 @pytest.fixture(scope="session")
-def armed(webui):
+def armed(host):
+    webui = host.use("sd1")  # the hardening checks run on the SD1 fixture
     try:
         state(webui)
     except ApiError as error:
