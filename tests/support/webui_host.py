@@ -249,9 +249,12 @@ def say(message):
 
 def run(cmd, **kwargs):
     say("$ " + " ".join(map(str, cmd)))
+    began = time.monotonic()
     done = subprocess.run([str(c) for c in cmd], env={**os.environ, **ENV}, **kwargs)
     if done.returncode:
         sys.exit(f"webui_host: failed ({done.returncode}): {' '.join(map(str, cmd))}\n{done.stderr or ''}")
+    if time.monotonic() - began >= 10:
+        say(f"  ({time.monotonic() - began:.0f} s)")
     return done
 
 
