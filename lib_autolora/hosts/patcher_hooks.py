@@ -97,11 +97,36 @@ def install(options, generation):
             model_options = {**model_options, "sampler_post_cfg_function": [post_cfg] + list(functions)}
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
 
-    setattr(post_cfg, MARK, True)
+    for function in (post_cfg, model_function, keep_post_cfg):
+        setattr(function, MARK, True)
+    model_function.previous = previous
     options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
     options["model_function_wrapper"] = model_function
     options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [keep_post_cfg]
     return True
+
+
+def add_modifier(options, modifier):
+    """Appends an adapter's own conditioning modifier, marked so that `uninstall` takes it out too."""
+    setattr(modifier, MARK, True)
+    options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [modifier]
+
+
+def uninstall(options):
+    """Takes every marked hook out of `options` again and puts the wrapper it chained back: a patcher
+    the host keeps after the generation (Forge keeps the last loaded one) must not hold it."""
+    def ours(function):
+        return getattr(function, MARK, False)
+
+    for key in ("sampler_post_cfg_function", "conditioning_modifiers"):
+        if key in options:
+            options[key] = [function for function in options[key] if not ours(function)]
+    wrapper = options.get("model_function_wrapper")
+    if ours(wrapper):
+        if wrapper.previous is None:
+            del options["model_function_wrapper"]
+        else:
+            options["model_function_wrapper"] = wrapper.previous
 
 
 def _model_function(generation, previous, apply_model, args):

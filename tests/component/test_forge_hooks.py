@@ -101,6 +101,22 @@ def test_a_samplers_own_post_cfg_list_does_not_drop_ours():
     assert again is options  # nothing to restore: the patcher's own options pass through
 
 
+def test_uninstall_leaves_the_options_as_they_were_before_install():
+    """The host may keep the hooked patcher after the generation (Forge keeps the last loaded one)."""
+    existing_post = lambda args: args["denoised"]  # noqa: E731
+    existing_wrapper = lambda apply_model, args: apply_model(args)  # noqa: E731
+    existing_modifier = lambda *call: call  # noqa: E731
+    for before in ({}, {"sampler_post_cfg_function": [existing_post], "model_function_wrapper": existing_wrapper,
+                        "conditioning_modifiers": [existing_modifier]}):
+        options = copy.copy(before)
+        patcher_hooks.install(options, FakeGeneration([]))
+        patcher_hooks.add_modifier(options, lambda *call: call)
+        assert options != before
+        patcher_hooks.uninstall(options)
+        assert {key: value for key, value in options.items() if value != []} == before
+        assert not patcher_hooks.installed(options)
+
+
 def test_cloning_a_patcher_does_not_copy_the_generation():
     """Forge's UnetPatcher.clone deep-copies model_options."""
     options = {"transformer_options": {}}

@@ -46,6 +46,7 @@ class ForgeGeneration(CommonGeneration):
         self.host_scale = None
         self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
         self.batch_failed = None  # why batched evaluation cannot apply to this generation
+        self.hooked = []  # the model options that hold our hooks, emptied of them at the end
 
     def loaded_networks(self):
         loaded = super().loaded_networks()
@@ -70,6 +71,7 @@ class ForgeGeneration(CommonGeneration):
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
         if patcher_hooks.installed(unet.model_options):
+            self.hooked.append(unet.model_options)  # a clone of the patcher we hooked (hires fix)
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
@@ -89,6 +91,7 @@ class ForgeGeneration(CommonGeneration):
         self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
         patcher_hooks.install(unet.model_options, self)
+        self.hooked.append(unet.model_options)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
         self.patch(sd_model.forge_objects, "unet", unet)  # undone at the end: the hooks must not outlive us
@@ -149,4 +152,7 @@ class ForgeGeneration(CommonGeneration):
 
     def close(self):
         super().close()
+        for options in self.hooked:
+            patcher_hooks.uninstall(options)
+        self.hooked.clear()
         self.step_base_conds = None

@@ -36,6 +36,7 @@ class LdmPatchedGeneration(CommonGeneration):
         super().__init__(p, params, opts)
         self.step_base_conds = None
         self.host_scale = None
+        self.hooked = []  # the model options that hold our hooks, emptied of them at the end
 
     def handles(self, denoiser):
         return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
@@ -49,6 +50,7 @@ class LdmPatchedGeneration(CommonGeneration):
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
         if patcher_hooks.installed(unet.model_options):
+            self.hooked.append(unet.model_options)  # a clone of the patcher we hooked (hires fix)
             return
         reason = self._unsupported(sd_model, unet)
         if reason is not None:
@@ -79,7 +81,8 @@ class LdmPatchedGeneration(CommonGeneration):
         unet = unet.clone()
         options = unet.model_options
         patcher_hooks.install(options, self)
-        options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [sampling.scale_recorder(self)]
+        self.hooked.append(options)
+        patcher_hooks.add_modifier(options, sampling.scale_recorder(self))
         if patcher_hooks.explicit_scales(self.pass_params) and math.isclose(pass_scale, 1.0):
             options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
         return unet
@@ -109,4 +112,7 @@ class LdmPatchedGeneration(CommonGeneration):
 
     def close(self):
         super().close()
+        for options in self.hooked:
+            patcher_hooks.uninstall(options)
+        self.hooked.clear()
         self.step_base_conds = None
