@@ -290,6 +290,8 @@ def _from_log(log):
             held = re.search(r"([\d.]+) MiB held(?: \((\d+) % of)?", lines[-1])
             switches = re.search(r"(\d+) network switches took (\d+) ms", lines[-1])
             per_switch = int(switches[2]) / int(switches[1]) if switches and int(switches[1]) else None
+            if held is None:  # nothing installed (gamma 1: plain LoRA generation)
+                return 0.0, "-", per_switch
             return float(held[1]), held[2] or "-", per_switch
     return None
 

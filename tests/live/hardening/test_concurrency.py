@@ -18,6 +18,7 @@ REQUESTS = {  # name: (txt2img or img2img, request)
                                                  "alwayson_scripts": autolora(gamma=1.8, start=0.3, end=0.7)}),
     "UNet-only, hires own": ("txt2img", {**with_lora({**OFF, **HIRES}, LORAS[2]), "alwayson_scripts": autolora(
         gamma=1.5, hires="own", hires_gamma=2.0)}),
+    "img2img, off": ("img2img", {**OFF, **IMG2IMG}),  # the host's own img2img, queued: does it repeat?
     "img2img, w2 9": ("img2img", {**OFF, **IMG2IMG, "alwayson_scripts": autolora(gamma=1.5, lora_cfg=9.0)}),
     "named args, base TE off": ("txt2img", {**OFF, "alwayson_scripts": {"autolora": {"args": [
         {"gamma": 1.2, "w1": 6, "base_text_encoder": False}]}}}),
@@ -45,6 +46,12 @@ def test_queued_requests_equal_the_same_requests_run_alone(armed, fresh):
     assert sorted(results) == sorted(list(REQUESTS) + ["blocker"]), "a queued request got no answer"
     assert results.pop("blocker") == blocker_alone
     differing = [name for name in REQUESTS if results[name] != alone[name]]
+    # where the host's own img2img does not repeat when queued (its noise from a global RNG that the
+    # requests before it have moved on), img2img cannot be compared: said in the record
+    host_drifts = "img2img, off" in differing
+    compared = [name for name in REQUESTS if not (host_drifts and REQUESTS[name][0] == "img2img")]
+    differing = [name for name in differing if name in compared]
     assert differing == [], f"these differ from the same request run alone: {differing}"
-    record("concurrency", queued=len(REQUESTS), behind="one paced AutoLoRA generation", equal=len(REQUESTS))
+    record("concurrency", queued=len(REQUESTS), behind="one paced AutoLoRA generation", equal=len(compared),
+           not_compared=sorted(set(REQUESTS) - set(compared)))
     assert_fresh(armed, fresh)
