@@ -16,9 +16,9 @@ import types
 import torch
 
 import lib_autolora.hosts.patcher_hooks as patcher_hooks
-from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 from lib_autolora.hosts.layer_off import BatchLayoutError
+from lib_autolora.hosts.patcher_generation import PatcherGeneration
 
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
@@ -39,14 +39,11 @@ def _host_cond_scale(denoiser, sigma):
     return p.hr_cfg if p.is_hr_pass else extra["cond_scale"]
 
 
-class ForgeGeneration(CommonGeneration):
+class ForgeGeneration(PatcherGeneration):
     def __init__(self, p, params, opts):
         super().__init__(p, params, opts)
-        self.step_base_conds = None
-        self.host_scale = None
         self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
         self.batch_failed = None  # why batched evaluation cannot apply to this generation
-        self.hooked = []  # the model options that hold our hooks, emptied of them at the end
 
     def loaded_networks(self):
         loaded = super().loaded_networks()
@@ -59,9 +56,6 @@ class ForgeGeneration(CommonGeneration):
         files = dict.fromkeys(key[0] for patcher in patchers for key in getattr(patcher, "lora_patches", None) or {})
         return [types.SimpleNamespace(name=os.path.splitext(os.path.basename(name))[0]) for name in files]
 
-    def handles(self, denoiser):
-        return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
-
     # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
 
     def prepare_pass(self, p):
@@ -70,8 +64,7 @@ class ForgeGeneration(CommonGeneration):
             return
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
-        if patcher_hooks.installed(unet.model_options):
-            self.hooked.append(unet.model_options)  # a clone of the patcher we hooked (hires fix)
+        if self.hooked_already(unet.model_options):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
@@ -90,8 +83,7 @@ class ForgeGeneration(CommonGeneration):
                         (unet.model, str(list(patches.keys()))))
         self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), (c, uc))
         unet = unet.clone()
-        patcher_hooks.install(unet.model_options, self)
-        self.hooked.append(unet.model_options)
+        self.hook(unet.model_options)
         if explicit and math.isclose(pass_scale, 1.0):
             unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
         self.patch(sd_model.forge_objects, "unet", unet)  # undone at the end: the hooks must not outlive us
@@ -149,10 +141,3 @@ class ForgeGeneration(CommonGeneration):
         with self.base_pass():
             return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],
                                           args["model_options"])
-
-    def close(self):
-        super().close()
-        for options in self.hooked:
-            patcher_hooks.uninstall(options)
-        self.hooked.clear()
-        self.step_base_conds = None

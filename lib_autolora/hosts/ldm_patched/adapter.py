@@ -17,9 +17,9 @@ import functools
 import math
 
 import lib_autolora.hosts.patcher_hooks as patcher_hooks
-from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.ldm_patched import sampling
 from lib_autolora.hosts.ldm_patched.lora import LdmPatchedLoraSwitch
+from lib_autolora.hosts.patcher_generation import PatcherGeneration
 
 from ldm_patched.modules import model_patcher, samplers
 from modules import shared
@@ -31,16 +31,7 @@ def _pass_scale(p):
     return getattr(p, "hr_cfg", p.cfg_scale) if p.is_hr_pass else p.cfg_scale
 
 
-class LdmPatchedGeneration(CommonGeneration):
-    def __init__(self, p, params, opts):
-        super().__init__(p, params, opts)
-        self.step_base_conds = None
-        self.host_scale = None
-        self.hooked = []  # the model options that hold our hooks, emptied of them at the end
-
-    def handles(self, denoiser):
-        return self.switch is not None and self.pass_params is not None and getattr(denoiser, "p", None) is self.p
-
+class LdmPatchedGeneration(PatcherGeneration):
     # -- once per sampling pass; hires fix calls it twice, each time on a fresh patcher --
 
     def prepare_pass(self, p):
@@ -49,8 +40,7 @@ class LdmPatchedGeneration(CommonGeneration):
             return
         sd_model = p.sd_model
         unet = sd_model.forge_objects.unet
-        if patcher_hooks.installed(unet.model_options):
-            self.hooked.append(unet.model_options)  # a clone of the patcher we hooked (hires fix)
+        if self.hooked_already(unet.model_options):
             return
         reason = self._unsupported(sd_model, unet)
         if reason is not None:
@@ -80,8 +70,7 @@ class LdmPatchedGeneration(CommonGeneration):
         """A clone of the UNet patcher with AutoLoRA's hooks and the scale recorder."""
         unet = unet.clone()
         options = unet.model_options
-        patcher_hooks.install(options, self)
-        self.hooked.append(options)
+        self.hook(options)
         patcher_hooks.add_modifier(options, sampling.scale_recorder(self))
         if patcher_hooks.explicit_scales(self.pass_params) and math.isclose(pass_scale, 1.0):
             options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
@@ -109,10 +98,3 @@ class LdmPatchedGeneration(CommonGeneration):
         with self.base_pass():
             return sampling.predictions(samplers, args["model"], cond_in, uncond_in, args["input"], args["sigma"],
                                         args["model_options"], args.get("cond_scale", self.host_scale))
-
-    def close(self):
-        super().close()
-        for options in self.hooked:
-            patcher_hooks.uninstall(options)
-        self.hooked.clear()
-        self.step_base_conds = None
