@@ -316,3 +316,26 @@ class LayerSwitch:
         for off in self.ways:
             off.release()
         self.ways.clear()
+
+
+class OffSwitch:
+    """What every host's network switch keeps: each layer's way without its networks (`ways`), the
+    number of switches and the time they took."""
+
+    def __init__(self, mode):
+        self.ways = LayerSwitch(mode)
+        self.switches = 0
+        self.switch_seconds = 0.0  # time spent switching off and on, not in the model
+
+    def held_bytes(self):
+        """Memory held for the base pass: copies of originals and low-rank factors on the device."""
+        return self.ways.held_bytes()
+
+    def changed_bytes(self):
+        return self.ways.changed_bytes()
+
+    def describe(self):
+        return self.ways.describe()
+
+    def release(self):
+        self.ways.release()

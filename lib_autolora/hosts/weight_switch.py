@@ -16,7 +16,7 @@ Host-free: a subclass says where its host keeps the backup, the per-forward patc
 import contextlib
 import time
 
-from lib_autolora.hosts.layer_off import LayerSwitch, LowRankTerm, OffLayer, get_slot, low_rank_part
+from lib_autolora.hosts.layer_off import LowRankTerm, OffLayer, OffSwitch, get_slot, low_rank_part
 
 ABSENT = object()  # an attribute that is not set on the object itself
 
@@ -28,13 +28,11 @@ def _assign(obj, name, value):
         setattr(obj, name, value)
 
 
-class WeightSwitch:
+class WeightSwitch(OffSwitch):
     def __init__(self, model, mode="auto"):
+        super().__init__(mode)
         self.model = model  # the torch module the backup's keys are relative to
-        self.ways = LayerSwitch(mode)
         self._offs, self._source = [], None  # the OffLayers and the backup entries they were made for
-        self.switches = 0
-        self.switch_seconds = 0.0
 
     def originals(self):
         """{parameter key: original tensor} for every weight merged now."""
@@ -49,18 +47,8 @@ class WeightSwitch:
         them is not a plain LoRA patch or the patches are not known to be the merged ones."""
         return None
 
-    def held_bytes(self):
-        """Memory held: copies of originals (none where they already live on the layer's device) and factors."""
-        return self.ways.held_bytes()
-
-    def changed_bytes(self):
-        return self.ways.changed_bytes()
-
-    def describe(self):
-        return self.ways.describe()
-
     def release(self):
-        self.ways.release()
+        super().release()
         self._offs, self._source = [], None
 
     def merged_everywhere(self):

@@ -17,7 +17,7 @@ nothing from the WebUI.
 import contextlib
 import time
 
-from lib_autolora.hosts.layer_off import LayerSwitch, LowRankTerm, OffLayer, get_slot, low_rank_part
+from lib_autolora.hosts.layer_off import LowRankTerm, OffLayer, OffSwitch, get_slot, low_rank_part
 
 
 def network_names(networks):
@@ -77,32 +77,20 @@ def _set_names(layer, names):
     layer.__dict__["network_current_names"] = names
 
 
-class NetworkSwitch:
+class NetworkSwitch(OffSwitch):
     """Turns the prompt's networks off inside `networks_off()` and restores them after."""
 
     def __init__(self, loaded_networks, layers, mode="auto"):
+        super().__init__(mode)
         self._loaded = loaded_networks  # the Lora extension's own list, emptied in place while off
         # A1111 names every module; only those with weights take networks
         self._layers = [layer for layer in layers if hasattr(layer, "network_layer_name")
                         and (hasattr(layer, "weight") or hasattr(layer, "in_proj_weight"))]
-        self.ways = LayerSwitch(mode)
         self._off = {}  # layer -> its OffLayer, or None for a layer the networks leave unchanged
         self._changed, self._changed_for = [], None  # the layers the networks change, and for which names
-        self.switches = 0
-        self.switch_seconds = 0.0  # time spent switching off and on, not in the model
-
-    def held_bytes(self):
-        """Memory held for the base pass: copies of originals and low-rank factors on the device."""
-        return self.ways.held_bytes()
-
-    def changed_bytes(self):
-        return self.ways.changed_bytes()
-
-    def describe(self):
-        return self.ways.describe()
 
     def release(self):
-        self.ways.release()
+        super().release()
         self._off.clear()
 
     def _off_layer(self, layer, networks):
