@@ -48,5 +48,8 @@ class AutoLoraScript(scripts.Script):
     def process_before_every_sampling(self, p, *args, **kwargs):
         lifecycle.prepare_pass(p)
 
+    def post_sample(self, p, ps, *args):
+        lifecycle.end_sampling(p)
+
     def postprocess(self, p, processed, *args):
         lifecycle.finish(p, shared.state)

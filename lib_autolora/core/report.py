@@ -33,7 +33,8 @@ class RunReport:
 
     def summary(self, switches=0, switch_seconds=0.0, held_bytes=0, path="", changed_bytes=0):
         """The console line, or None when AutoLoRA stood aside (it said why when it did). `path` says how
-        the base pass got the layers without LoRA, `changed_bytes` is the size of the layers the networks change."""
+        the base pass got the layers without LoRA, `held_bytes` the most the network switch held at once (it
+        holds nothing once a sampling pass ends), `changed_bytes` the size of the layers the networks change."""
         params = self.params
         if self.not_applied:
             return None
@@ -48,10 +49,11 @@ class RunReport:
         steps = ", ".join(f"{label} {min(s)}-{max(s)}" for label, s in self.active_steps.items())
         mode = "base model only" if params.gamma == 0 else "LoRA and base passes"
         batched = f", {self.batched_calls} of them as one model call" if self.batched_calls else ""
-        held = f"{held_bytes / 2**20:.1f} MiB held"
+        held = f"at most {held_bytes / 2**20:.1f} MiB held"
         if changed_bytes:
             share = 100 * held_bytes / changed_bytes
             held += f" ({share:.0f} % of the {changed_bytes / 2**20:.1f} MiB of LoRA'd layers)"
+        held += " while sampling, none after"
         calls = sum(self.calls.values())
         return (f"AutoLoRA: gamma {params.gamma:g}, w1 {w1}, w2 {w2}, {mode} on {active} of {calls} denoiser calls "
                 f"({steps}){batched}, networks {', '.join(self.networks)}; {switches} network switches took "

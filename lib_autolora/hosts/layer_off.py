@@ -10,7 +10,12 @@ Three ways, chosen per layer:
             between calls; costs a transfer per call where the originals live on another device.
     term    the merged layer's output minus the networks' low-rank term, `scale * up(mid(down(x)))`
             from each network's own factors (LoRA, LoCon); within float tolerance of the original
-            layer; holds the factors on the device (a few % of the layer).
+            layer; holds the factors on the device (a few % of the layer). The term and the
+            subtraction run in float32 (one rounding to the model's dtype at the end), so in half
+            precision the error stays near the plain model's own.
+
+What a switch holds on the device (copies, factors) is made on first use and released when a
+sampling pass ends (`OffSwitch.end_pass`), so nothing of it stays through the VAE decode.
 
 A switch swaps attributes only: a layer's parameter slots for `copy`, its instance `forward` for
 `stream` and `term`. Nothing is written into a weight, so undoing a switch leaves every weight the
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 COPY, STREAM, TERM = "copy", "stream", "term"
-COMFORTABLE_SHARE = 0.5  # copies only where they take at most this share of the device's free memory
+COMFORTABLE_SHARE = 0.5  # copies only where they take at most this share of the device's budget
 
 
 class BatchLayoutError(RuntimeError):
@@ -33,17 +38,23 @@ def tensor_bytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def free_memory(device):
-    """Bytes free for new tensors on `device`: CUDA's free memory plus what its allocator holds unused;
-    available RAM elsewhere."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        import psutil
-        return psutil.virtual_memory().available
-    except ImportError:
-        return 0
+def device_budget(device):
+    """Bytes AutoLoRA may take for new tensors on `device`, or None where the device cannot say (then
+    `auto` takes the lean path). CUDA and XPU: the driver's free memory plus what the allocator holds
+    unused; MPS (memory shared with the system): the recommended working set minus what Metal has
+    allocated; the CPU and other devices: None."""
+    if device.type in ("cuda", "xpu"):
+        backend = getattr(torch, device.type)
+        if not hasattr(backend, "mem_get_info"):  # XPU before torch 2.6
+            return None
+        free, _ = backend.mem_get_info(device)
+        return free + backend.memory_reserved(device) - backend.memory_allocated(device)
+    if device.type == "mps":
+        mps = getattr(torch, "mps", None)
+        if mps is None or not hasattr(mps, "recommended_max_memory"):  # torch before 2.5
+            return None
+        return max(0, mps.recommended_max_memory() - mps.driver_allocated_memory())
+    return None
 
 
 def get_slot(owner, name):
@@ -87,9 +98,10 @@ def low_rank_part(layer, weight, down, up, mid, scale):
 
 
 class LowRankTerm:
-    """The networks' low-rank terms on one layer, summed. On the device, parts without a mid factor are
-    joined into one (down, up) pair with the scales folded into `up`, so any number of networks costs two
-    small products; the host's own factor tensors stay where they are."""
+    """The networks' low-rank terms on one layer, summed, in float32. On the device, parts without a mid
+    factor are joined into one (down, up) pair with the scales folded into `up`, so any number of networks
+    costs two small products; `down` (and `mid`) take the input's dtype, `up` float32, so the rank-sized
+    product is the only one in half precision. The host's own factor tensors stay where they are."""
 
     def __init__(self, layer, parts):
         self.conv = _conv_config(layer) if isinstance(layer, torch.nn.Conv2d) else None
@@ -105,26 +117,28 @@ class LowRankTerm:
     def _on(self, x):
         key = (x.device, x.dtype)
         if key != self.key:
-            def on(t, scale=1.0):  # the scale is folded in at float32, then cast to the input's dtype
-                return (t.to(device=x.device, dtype=torch.float32) * scale).to(x.dtype)
+            def on(t, scale=1.0, dtype=x.dtype):  # the scale is folded in at float32
+                return (t.to(device=x.device, dtype=torch.float32) * scale).to(dtype)
             plain = [part for part in self.parts if part[2] is None]
             self.factors = [(torch.cat([on(d) for d, _, _, _ in plain]),
-                             torch.cat([on(u, s) for _, u, _, s in plain], 1), None)] if plain else []
-            self.factors += [(on(d), on(u, s), on(m)) for d, u, m, s in self.parts if m is not None]
+                             torch.cat([on(u, s, torch.float32) for _, u, _, s in plain], 1), None)] if plain else []
+            self.factors += [(on(d), on(u, s, torch.float32), on(m)) for d, u, m, s in self.parts if m is not None]
             self.key = key
         return self.factors
 
     def __call__(self, x):
+        """The summed term for input `x`, in float32."""
         total = None
         for down, up, mid in self._on(x):
             if self.conv is None:
-                out = F.linear(F.linear(x, down), up)
+                out = F.linear(F.linear(x, down).float(), up)
             elif mid is None:
-                out = F.conv2d(F.conv2d(x, down, None, *self.conv), up)
+                out = F.conv2d(F.conv2d(x, down, None, *self.conv).float(), up)
             else:
-                out = F.conv2d(F.conv2d(F.conv2d(x, down), mid, None, *self.conv), up)
+                out = F.conv2d(F.conv2d(F.conv2d(x, down), mid, None, *self.conv).float(), up)
             total = out if total is None else total + out
         return total
+
 
 class OffLayer:
     """One layer holding the merged networks: its original tensors (the host's backups), its low-rank term
@@ -194,13 +208,13 @@ class OffLayer:
         return rows
 
     def term_forward(self, x, *args, **kwargs):
+        """The host's output minus the term, as a new tensor: a host or extension may keep the one it made."""
         y = self.host_forward(x, *args, **kwargs)
         rows = self._base_rows(x)
         if rows is None:
-            y -= self.term(x).to(y.dtype)
-        else:
-            y[rows] -= self.term(x[rows]).to(y.dtype)
-        return y
+            return (y.float() - self.term(x)).to(y.dtype)
+        base = (y[rows].float() - self.term(x[rows])).to(y.dtype)
+        return torch.cat([y[:rows.start], base])
 
     def originals_forward(self, x, *args, **kwargs):
         """The layer with its originals: the held copies, else streamed ones; on base rows only when batched."""
@@ -235,8 +249,8 @@ def _join_rows(lora, base):
 class LayerSwitch:
     """Chooses each layer's way for a generation from the memory mode and switches layers off and on.
 
-    `auto` takes copies where the device's free memory comfortably holds all of them (they cost nothing per
-    step), else the lean path; `lean` takes terms where a layer's networks are low-rank and, for the other
+    `auto` takes copies where the device's budget (`device_budget`) comfortably holds all of them (they cost
+    nothing per step), else the lean path; `lean` takes terms where a layer's networks are low-rank and, for the other
     layers, copies where they fit comfortably, else streamed originals; `fast` takes copies. Calls that
     must be exact (`exact=True`: the base model's own steps at gamma 0, the base text encoding) use copies
     where they are free or held, else streamed originals, never terms."""
@@ -253,11 +267,11 @@ class LayerSwitch:
         if not new:
             return
         device = get_slot(*new[0].fields[0][:2]).device
-        free = free_memory(device) if any(off.copy_bytes() for off in new) else 0
+        budget = device_budget(device) if any(off.copy_bytes() for off in new) else None
 
         def fit(layers):
             needed = sum(off.copy_bytes() for off in layers)
-            return needed == 0 or needed <= COMFORTABLE_SHARE * free
+            return needed == 0 or (budget is not None and needed <= COMFORTABLE_SHARE * budget)
 
         if self.path is None:
             fast = self.mode == "fast" or (self.mode == "auto" and fit(new))
@@ -312,9 +326,13 @@ class LayerSwitch:
         parts = [names[way].format(n) for way, n in counts.items() if n]
         return f"{self.path} path ({', '.join(parts)})"
 
-    def release(self):
+    def release_held(self):
+        """Drops what the layers hold on the device; their ways stay, and the next switch makes it again."""
         for off in self.ways:
             off.release()
+
+    def release(self):
+        self.release_held()
         self.ways.clear()
 
 
@@ -336,6 +354,10 @@ class OffSwitch:
 
     def describe(self):
         return self.ways.describe()
+
+    def release_held(self):
+        """At the end of a sampling pass: copies and factors go, the layers' ways stay."""
+        self.ways.release_held()
 
     def release(self):
         self.ways.release()

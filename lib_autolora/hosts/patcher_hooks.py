@@ -16,6 +16,21 @@ import torch
 from lib_autolora.core import guidance
 
 MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
+LOW_VRAM_STATES = ("LOW_VRAM", "NO_VRAM")  # the memory managers' VRAMState names that offload weights
+
+
+def offloading(memory_manager, unet):
+    """Whether the family's memory manager (Forge's `backend.memory_management`, ldm_patched's
+    `model_management`) keeps the UNet's weights partly off its device: a low-VRAM state
+    (`--always-low-vram`, `--always-no-vram`), Forge's CPU swap where the GPU Weights setting leaves too
+    little room (`model_accelerated`), ComfyUI's partial load (`model_lowvram`)."""
+    if getattr(getattr(memory_manager, "vram_state", None), "name", None) in LOW_VRAM_STATES:
+        return True
+    if getattr(unet.model, "model_lowvram", False):
+        return True
+    loaded = getattr(memory_manager, "current_loaded_models", ())
+    return any(getattr(entry, "model_accelerated", False) for entry in loaded
+               if getattr(getattr(entry, "model", None), "model", None) is unet.model)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """AutoLoRA for one generation request, as every host runs it; a host family subclasses it.
 
 Per sampling pass the host prepares its hooks (`prepare_pass`); per denoiser call it decides which
-model evaluations the call needs (`begin_call`); at the end everything it patched is undone
-(`close`). What differs between hosts (their conds, their networks, their sampler) is asked of the
+model evaluations the call needs (`begin_call`); when the pass's sampler returns, what the network
+switch held on the device is released (`end_pass`), before the WebUI decodes; at the end everything
+it patched is undone (`close`). What differs between hosts (their conds, their networks, their sampler) is asked of the
 subclass through the methods that raise NotImplementedError here.
 """
 import contextlib
@@ -38,6 +39,7 @@ class Generation:
         self.step = None  # the denoiser step under way
         self.in_base_pass = False
         self.patched = []  # (object, attribute, previous value or self if none) to undo
+        self.held_at_most = 0  # bytes the network switches held at once, for the console line
 
     # -- what each host provides --
 
@@ -61,6 +63,11 @@ class Generation:
 
     def on_cfg_denoiser(self, params):
         raise NotImplementedError
+
+    def low_vram(self):
+        """Whether the WebUI moves or offloads the model's weights to save device memory; `auto` then takes
+        the lean path (copies on the device would defeat it). A host that has such modes says so."""
+        return False
 
     # -- shared by every host --
 
@@ -117,8 +124,11 @@ class Generation:
             console.say(f"AutoLoRA: {message}")
 
     def memory_mode(self):
-        """The switch's memory mode: batched evaluation takes the lean path unless `fast` is asked for."""
-        return "lean" if self.params.batched and self.params.memory == "auto" else self.params.memory
+        """The switch's memory mode: `auto` takes the lean path with batched evaluation and in the WebUI's
+        low-VRAM modes."""
+        if self.params.memory == "auto" and (self.params.batched or self.low_vram()):
+            return "lean"
+        return self.params.memory
 
     def plain_pass(self):
         """Whether every call of the pass is plain LoRA generation with the host's own scale (gamma 1, w2
@@ -151,9 +161,32 @@ class Generation:
         """The network switch for `key` (what it is valid for), made anew when that changes."""
         if self.switch is None or self.switch_key != key:
             if self.switch is not None:
+                self.end_pass()
                 self.switch.release()
             self.switch, self.switch_key = switch_for(), key
         return self.switch
+
+    def watch_sampler(self, sampler):
+        """Has `end_pass` run when the sampler's sampling loop returns, whatever ends it, where the sampler
+        runs its loop through `launch_sampling` (A1111's samplers and their descendants')."""
+        launch = getattr(sampler, "launch_sampling", None)
+        if self.switch is None or launch is None or getattr(launch, "ends_pass_of", None) is self:
+            return
+
+        def launch_sampling(*args, **kwargs):
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                self.end_pass()
+
+        launch_sampling.ends_pass_of = self
+        self.patch(sampler, "launch_sampling", launch_sampling)
+
+    def end_pass(self):
+        """The sampling pass is over: what the switch holds on the device goes (a later pass makes it again)."""
+        if self.switch is not None:
+            self.held_at_most = max(self.held_at_most, self.switch.held_bytes())
+            self.switch.release_held()
 
     def begin_call(self, params):
         """Decides the passes of a denoiser call; returns (conds_list, cond, uncond) of the base
@@ -182,7 +215,8 @@ class Generation:
         switch = self.switch
         if switch is None:
             return self.report.summary()
-        return self.report.summary(switch.switches, switch.switch_seconds, switch.held_bytes(), switch.describe(),
+        held = max(self.held_at_most, switch.held_bytes())
+        return self.report.summary(switch.switches, switch.switch_seconds, held, switch.describe(),
                                    switch.changed_bytes())
 
     def close(self):

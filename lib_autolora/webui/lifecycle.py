@@ -54,7 +54,15 @@ def prepare_pass(p):
     if generation is not None:
         with generation.failing("setting up the hires pass" if getattr(p, "is_hr_pass", False) else "setting up"):
             generation.prepare_pass(p)
+            generation.watch_sampler(getattr(p, "sampler", None))
             testing.inject(generation, "setup")
+
+
+def end_sampling(p):
+    """`post_sample`: sampling is over, the VAE decode comes next; nothing AutoLoRA held stays for it."""
+    generation = getattr(p, ATTRIBUTE, None)
+    if generation is not None:
+        generation.end_pass()
 
 
 def finish(p, state=None):

@@ -37,10 +37,11 @@ def _drop_host_modules():
 
 
 @pytest.fixture
-def a1111(monkeypatch, tmp_path):
+def a1111(monkeypatch, tmp_path, request):
     """The fake WebUI with the adapter imported against it and the script's callback registered; a
-    kohya LoRA on the text encoder and UNet as `a1111.style`. Afterwards the adapter is dropped again."""
-    fake = fake_a1111.install(monkeypatch)
+    kohya LoRA on the text encoder and UNet as `a1111.style`. Afterwards the adapter is dropped again.
+    Parametrized indirectly with a dtype, the Lora extension keeps its backups in it (see LoraHost)."""
+    fake = fake_a1111.install(monkeypatch, getattr(request, "param", None))
     _drop_host_modules()
     adapter = importlib.import_module("lib_autolora.hosts.a1111.adapter")
     fake.begin = functools.partial(_begin, fake.shared.opts, adapter.A1111Generation)
@@ -56,14 +57,16 @@ def _begin(opts, generation_class, p, args):
     lifecycle.begin(p, args, opts, generation_class)
 
 
-def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1):
+def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1, hires=False, on_decode=None):
     """A txt2img generation the way the WebUI runs it; AutoLoRA's script hooks only with `args`.
     Returns the samples of all batches, `p`, the AutoLoRA generation as postprocess found it and
-    each batch's CFG denoiser."""
+    each batch's CFG denoiser. `on_decode(p, samples)` runs wherever the WebUI VAE-decodes."""
     loaded = [a1111.style] if networks else []
     p = a1111.processing.StableDiffusionProcessing(prompts, NEGATIVES, steps=STEPS, cfg_scale=CFG,
-                                                   extra_network_data=tuple(n.name for n in loaded))
+                                                   extra_network_data=tuple(n.name for n in loaded), enable_hr=hires)
     p.before_every_sampling.append(lifecycle.prepare_pass)  # process_before_every_sampling
+    if on_decode is not None:
+        p.on_decode.append(on_decode)
     if args is not None:
         a1111.begin(p, args)  # process
     samples, denoisers = [], []
@@ -72,6 +75,8 @@ def generate(a1111, args=None, prompts=PROMPTS, networks=True, batches=1):
         with torch.no_grad():
             p.setup_conds()
             samples.append(p.sample(p.c, p.uc))
+            lifecycle.end_sampling(p)  # post_sample
+            p.decode(samples[-1])
         denoisers.append(p.sampler.model_wrap_cfg)
     generation = getattr(p, lifecycle.ATTRIBUTE, None)
     lifecycle.finish(p)  # postprocess
@@ -299,3 +304,38 @@ def test_base_conds_skip_a_list_cache_keyed_without_the_networks(a1111, monkeypa
     c, uc = generation.encode_base_conds(p, contextlib.nullcontext)
     assert c is not stale[0] and uc is not stale[1] and uc is not None
     assert p.cond_cache == [[tuple(PROMPTS), stale]]
+
+
+@pytest.mark.parametrize("a1111", [torch.float64], indirect=True)  # copies and factors cost memory
+@pytest.mark.parametrize("hires, batches", [(False, 1), (True, 1), (False, 2)], ids=["txt2img", "hires", "count 2"])
+@pytest.mark.parametrize("memory", ["auto", "lean", "fast"])
+def test_nothing_is_held_past_sampling_and_the_console_gives_the_most_held(a1111, memory, hires, batches, capsys):
+    """What the switch holds on the device is made again in every sampling pass and gone before each decode."""
+    while_sampling, at_decode = collections.defaultdict(list), []
+
+    def held(p):
+        generation = getattr(p, lifecycle.ATTRIBUTE)
+        return generation.switch.held_bytes() if generation.switch is not None else 0
+
+    def record(params):  # at each denoiser call: what the calls before it made
+        while_sampling[params.denoiser.p.is_hr_pass].append(held(params.denoiser.p))
+
+    fake_a1111.script_callbacks.on_cfg_denoiser(record)
+    run = generate(a1111, [{"gamma": 1.5, "memory": memory}], batches=batches, hires=hires,
+                   on_decode=lambda p, samples: at_decode.append(held(p)))
+    assert at_decode == [0] * (batches * (2 if hires else 1))
+    passes = [False, True] if hires else [False]
+    assert sorted(while_sampling) == passes and all(max(while_sampling[hr]) > 0 for hr in passes)
+    assert run.generation.switch.held_bytes() == 0
+    most = max(max(values) for values in while_sampling.values())
+    assert f"at most {most / 2**20:.1f} MiB held" in capsys.readouterr().out
+    assert run.generation.switch.ways.path == ("fast" if memory == "fast" else "lean"), "the CPU gives no budget"
+
+
+@pytest.mark.parametrize("lowvram, memory, path", [(True, "auto", "lean"), (True, "fast", "fast"),
+                                                   (False, "auto", "fast")])
+def test_auto_takes_the_lean_path_in_a1111s_low_vram_modes(a1111, lowvram, memory, path):
+    """--medvram/--lowvram set `lowvram` on the model; copies on the device would defeat them."""
+    a1111.sd_model.lowvram = lowvram
+    run = generate(a1111, [{"gamma": 1.5, "memory": memory}])
+    assert run.generation.switch.ways.path == path

@@ -86,8 +86,11 @@ def load_kohya(path, name, multiplier=1.0):
 class LoraHost:
     """Holds `loaded_networks` and patches the model's layers like the Lora extension does."""
 
-    def __init__(self, model):
+    def __init__(self, model, backup_dtype=None):
+        """`backup_dtype`: the backups' dtype, where it should differ from the weights' (float64 backups stand
+        for CPU backups of a model on a GPU: a copy of them on the model's device then costs memory)."""
         self.loaded_networks = []
+        self.backup_dtype = backup_dtype
         self.restores = 0  # copies from the CPU backups: the cost the switch must avoid
         self.layers = {}
         for name, layer in model.named_modules():
@@ -115,17 +118,20 @@ class LoraHost:
         else:
             layer.bias.copy_(layer.network_bias_backup)
 
+    def _backup(self, tensor):
+        return tensor.to("cpu", dtype=self.backup_dtype or tensor.dtype, copy=True)
+
     @torch.no_grad()
     def apply_weights(self, layer):
         wanted = tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in self.loaded_networks)
         if not hasattr(layer, "network_weights_backup") and wanted:
             if isinstance(layer, torch.nn.MultiheadAttention):
-                layer.network_weights_backup = (layer.in_proj_weight.to("cpu", copy=True),
-                                                layer.out_proj.weight.to("cpu", copy=True))
-                layer.network_bias_backup = layer.out_proj.bias.to("cpu", copy=True)
+                layer.network_weights_backup = (self._backup(layer.in_proj_weight),
+                                                self._backup(layer.out_proj.weight))
+                layer.network_bias_backup = self._backup(layer.out_proj.bias)
             else:
-                layer.network_weights_backup = layer.weight.to("cpu", copy=True)
-                layer.network_bias_backup = None if layer.bias is None else layer.bias.to("cpu", copy=True)
+                layer.network_weights_backup = self._backup(layer.weight)
+                layer.network_bias_backup = None if layer.bias is None else self._backup(layer.bias)
         if getattr(layer, "network_current_names", ()) == wanted:
             return
         if hasattr(layer, "network_weights_backup"):

@@ -175,16 +175,33 @@ class CFGDenoiser(nn.Module):
 
 # -- modules.processing --
 
-class StableDiffusionProcessing:
-    cached_c = cached_uc = None  # [cache key, conds], one pair shared by all generations; set by install()
+class Sampler:
+    """A k-diffusion sampler's frame: the CFG denoiser, and `launch_sampling`, which runs the sampling loop."""
 
-    def __init__(self, prompts, negative_prompts, seed=1, steps=6, cfg_scale=6.0, extra_network_data=()):
+    def __init__(self):
+        self.model_wrap_cfg = CFGDenoiser(self)
+
+    def launch_sampling(self, steps, func):
+        self.model_wrap_cfg.total_steps = steps
+        return func()
+
+
+class StableDiffusionProcessing:
+    # [cache key, conds], shared by all generations; set by install()
+    cached_c = cached_uc = cached_hr_c = cached_hr_uc = None
+
+    def __init__(self, prompts, negative_prompts, seed=1, steps=6, cfg_scale=6.0, extra_network_data=(),
+                 enable_hr=False):
         self.prompts, self.negative_prompts, self.seed = prompts, negative_prompts, seed
-        self.steps, self.cfg_scale = steps, cfg_scale
+        self.steps, self.cfg_scale, self.enable_hr = steps, cfg_scale, enable_hr
         self.extra_network_data = extra_network_data  # the prompt's <lora:...> tags: part of the cache key
-        self.cached_c, self.cached_uc = StableDiffusionProcessing.cached_c, StableDiffusionProcessing.cached_uc
+        cls = StableDiffusionProcessing
+        self.cached_c, self.cached_uc = cls.cached_c, cls.cached_uc
+        self.cached_hr_c, self.cached_hr_uc = cls.cached_hr_c, cls.cached_hr_uc
         self.extra_generation_params, self.is_hr_pass, self.sampler, self.c, self.uc = {}, False, None, None, None
+        self.hr_c = self.hr_uc = None
         self.before_every_sampling = []  # the scripts' process_before_every_sampling
+        self.on_decode = []  # called with the samples wherever the WebUI VAE-decodes them
 
     def get_conds_with_caching(self, function, prompts, steps, caches, extra_network_data):
         key = (tuple(prompts), steps, extra_network_data)
@@ -202,23 +219,52 @@ class StableDiffusionProcessing:
         self.c = self.get_conds_with_caching(get_multicond_learned_conditioning, self.prompts, self.steps,
                                              [self.cached_c], networks)
 
+    def calculate_hr_conds(self):
+        networks = self.extra_network_data
+        self.hr_uc = self.get_conds_with_caching(get_learned_conditioning, self.negative_prompts, self.steps,
+                                                 [self.cached_hr_uc], networks)
+        self.hr_c = self.get_conds_with_caching(get_multicond_learned_conditioning, self.prompts, self.steps,
+                                                [self.cached_hr_c], networks)
+
     def get_conds(self):
-        return self.c, self.uc
+        return (self.hr_c, self.hr_uc) if self.is_hr_pass else (self.c, self.uc)
+
+    def decode(self, samples):
+        """Where the WebUI decodes latents with the VAE (between the passes of hires fix, after sampling)."""
+        for probe in self.on_decode:
+            probe(self, samples)
 
     def sample(self, conditioning, unconditional_conditioning):
-        """txt2img's: a new sampler, the scripts' hook, then (Euler) sampling as the sampler sets it up."""
-        self.sampler = types.SimpleNamespace()
-        denoiser = self.sampler.model_wrap_cfg = CFGDenoiser(self.sampler)
+        """txt2img's: a new sampler, the scripts' hook, then (Euler) sampling as the sampler sets it up; with
+        hires fix the first pass's latents decoded, then the hires pass on a new sampler (fewer sigmas)."""
+        x = torch.randn(len(self.prompts), 4, 8, 8, generator=torch.Generator().manual_seed(self.seed))
+        sigmas = torch.cat([torch.logspace(1, -1, self.steps), torch.zeros(1)])
+        samples = self._sample_pass(x * sigmas[0], sigmas, conditioning, unconditional_conditioning)
+        if not self.enable_hr:
+            return samples
+        self.decode(samples)  # a non-latent upscaler's input
+        self.is_hr_pass = True
+        self.calculate_hr_conds()
+        sigmas = sigmas[self.steps // 2:]
+        samples = self._sample_pass(samples + x * sigmas[0], sigmas, self.hr_c, self.hr_uc)
+        self.is_hr_pass = False
+        return samples
+
+    def _sample_pass(self, x, sigmas, conditioning, unconditional_conditioning):
+        self.sampler = Sampler()
+        denoiser = self.sampler.model_wrap_cfg
         for hook in self.before_every_sampling:
             hook(self)
-        denoiser.p, denoiser.step, denoiser.total_steps = self, 0, self.steps
-        sigmas = torch.cat([torch.logspace(1, -1, self.steps), torch.zeros(1)])
-        x = torch.randn(len(self.prompts), 4, 8, 8, generator=torch.Generator().manual_seed(self.seed)) * sigmas[0]
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-            denoised = denoiser(x, s.repeat(len(x)), uncond=unconditional_conditioning, cond=conditioning,
-                                cond_scale=self.cfg_scale, s_min_uncond=0.0, image_cond=x.new_zeros(len(x), 5, 1, 1))
-            x = x + (x - denoised) / s * (s_next - s)
-        return x
+        denoiser.p, denoiser.step = self, 0
+
+        def loop(x=x):
+            for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+                denoised = denoiser(x, s.repeat(len(x)), uncond=unconditional_conditioning, cond=conditioning,
+                                    cond_scale=self.cfg_scale, s_min_uncond=0.0,
+                                    image_cond=x.new_zeros(len(x), 5, 1, 1))
+                x = x + (x - denoised) / s * (s_next - s)
+            return x
+        return self.sampler.launch_sampling(len(sigmas) - 1, loop)
 
 
 # -- the model: a text encoder and a UNet --
@@ -259,13 +305,16 @@ def _module(name, **attributes):
     return module.__dict__.update(attributes) or module
 
 
-def install(monkeypatch):
-    """Fresh fake modules in sys.modules; returns them with the model and its Lora host."""
+def install(monkeypatch, backup_dtype=None):
+    """Fresh fake modules in sys.modules; returns them with the model and its Lora host (`backup_dtype`:
+    see LoraHost)."""
     global devices, shared, script_callbacks
     sd_model = SdModel()
-    lora = LoraHost(sd_model)
+    lora = LoraHost(sd_model, backup_dtype)
     sd_model.network_layer_mapping = lora.layers
-    StableDiffusionProcessing.cached_c, StableDiffusionProcessing.cached_uc = [None, None], [None, None]
+    cls = StableDiffusionProcessing
+    for cache in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        setattr(cls, cache, [None, None])
     devices = _module("modules.devices", autocast=lambda disable=False: contextlib.nullcontext())
     shared = _module("modules.shared", sd_model=sd_model, opts=types.SimpleNamespace(
         batch_cond_uncond=True, pad_cond_uncond=False, pad_cond_uncond_v0=False, skip_early_cond=0.0, data={}))

@@ -5,6 +5,7 @@
         --dest DIR [--family sd1[,sdxl,sd3]] [--commit REV] [--repos FOLDER ...] [--repo NAME=PATH ...]
         [--python PYTHON]
     python tests/support/webui_host.py start  --dest DIR [--only ext|plain] [--ports EXT,PLAIN] [--timeout S]
+        [--flag=--medvram ...]
     python tests/support/webui_host.py stop   --dest DIR [--only ext|plain]
     python tests/support/webui_host.py status --dest DIR [--ports EXT,PLAIN]
 
@@ -438,11 +439,11 @@ def running_pid(host, instance):
     return pid if b"launch.py" in cmdline else None
 
 
-def spawn(host, instance):
+def spawn(host, instance, extra_flags=()):
     if running_pid(host, instance) or answers(host.url(instance)):
         sys.exit(f"webui_host: {instance}: something already answers at {host.url(instance)} "
                  "(stop it first, or choose other --ports)")
-    flags = FLAGS + host.spec["flags"] + (PLAIN_FLAGS if instance == "plain" else [])
+    flags = FLAGS + host.spec["flags"] + (PLAIN_FLAGS if instance == "plain" else []) + list(extra_flags)
     cmd = [str(host.python), "launch.py", *map(host.fill, flags), "--port", str(host.ports[instance])]
     env = {**os.environ, **ENV, **{k: host.fill(v) for k, v in host.spec["env"].items()}}
     for path in (host.log_file(instance), host.pid_file(instance)):
@@ -486,7 +487,7 @@ def start(args):
     began, processes = time.monotonic(), {}
     try:
         for instance in chosen(args):
-            processes[instance] = spawn(host, instance)
+            processes[instance] = spawn(host, instance, args.flag)
         host.record_ports(list(processes), host.ports)
         for instance, process in processes.items():
             wait_ready(host, instance, process, args.timeout, began)
@@ -557,6 +558,9 @@ def parse(argv):
             "--ports", type=ports, metavar="EXT,PLAIN",
             help="ports of the instance with and without the extension (default: those start recorded, "
                  "else the host type's)")
+    commands.choices["start"].add_argument(
+        "--flag", action="append", default=[], metavar="FLAG",
+        help="a further WebUI flag for both instances, e.g. --flag=--medvram (repeat for more)")
     commands.choices["start"].add_argument("--timeout", type=float, default=600,
                                            help="seconds to wait for the APIs (default 600)")
     return parser.parse_args(argv)

@@ -14,8 +14,8 @@ def test_active_run_names_settings_steps_passes_and_networks():
                           path="lean path (low-rank terms on 40 layers, copies of 2)", changed_bytes=60 * 2**20)
     assert line == ("AutoLoRA: gamma 1.5, w1 5, w2 CFG, LoRA and base passes on 4 of 5 denoiser calls "
                     "(steps 1-3, hires pass 0-0), networks style, face; 4 network switches took 12 ms; "
-                    "lean path (low-rank terms on 40 layers, copies of 2), 3.0 MiB held (5 % of the 60.0 MiB of "
-                    "LoRA'd layers).")
+                    "lean path (low-rank terms on 40 layers, copies of 2), at most 3.0 MiB held (5 % of the "
+                    "60.0 MiB of LoRA'd layers) while sampling, none after.")
 
 
 def test_gamma_one_says_no_base_pass_ran():

@@ -75,6 +75,10 @@ class A1111Generation(CommonGeneration):
     def handles(self, denoiser):
         return denoiser is self.denoiser
 
+    def low_vram(self):
+        """--medvram, --medvram-sdxl (on SDXL) and --lowvram: A1111 moves modules to the device per forward."""
+        return bool(getattr(shared.sd_model, "lowvram", False))
+
     def encode_base_conds(self, p, networks_off):
         return controlnet.mark_like_host(super().encode_base_conds(p, networks_off), p.get_conds())
 

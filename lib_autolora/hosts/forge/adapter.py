@@ -20,6 +20,7 @@ from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 from lib_autolora.hosts.layer_off import BatchLayoutError
 from lib_autolora.hosts.patcher_generation import PatcherGeneration
 
+from backend import memory_management
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 from backend.sampling.sampling_function import calc_cond_uncond_batch
 from modules import shared
@@ -55,6 +56,9 @@ class ForgeGeneration(PatcherGeneration):
         patchers = (objects.unet, getattr(objects.clip, "patcher", None))
         files = dict.fromkeys(key[0] for patcher in patchers for key in getattr(patcher, "lora_patches", None) or {})
         return [types.SimpleNamespace(name=os.path.splitext(os.path.basename(name))[0]) for name in files]
+
+    def low_vram(self):
+        return patcher_hooks.offloading(memory_management, self.p.sd_model.forge_objects.unet)
 
     # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
 

@@ -21,7 +21,7 @@ from lib_autolora.hosts.ldm_patched import sampling
 from lib_autolora.hosts.ldm_patched.lora import LdmPatchedLoraSwitch
 from lib_autolora.hosts.patcher_generation import PatcherGeneration
 
-from ldm_patched.modules import model_patcher, samplers
+from ldm_patched.modules import model_management, model_patcher, samplers
 from modules import shared
 from modules_forge import forge_sampler
 
@@ -32,6 +32,9 @@ def _pass_scale(p):
 
 
 class LdmPatchedGeneration(PatcherGeneration):
+    def low_vram(self):
+        return patcher_hooks.offloading(model_management, self.p.sd_model.forge_objects.unet)
+
     # -- once per sampling pass; hires fix calls it twice, each time on a fresh patcher --
 
     def prepare_pass(self, p):
