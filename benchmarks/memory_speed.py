@@ -146,6 +146,7 @@ class Bench:
             denoised, step = self.timed(self.denoise, x, sigma, progress, params, switch)
             x = x + (x - denoised) / s * (s_next - s)
             times.append((step, plain))
+        self.final_x = x
         return times
 
 

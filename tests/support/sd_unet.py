@@ -29,6 +29,8 @@ UNET_CONFIGS = {
     # the same layer sizes with fewer blocks (a half of SD1's parameters, a sixth of SDXL's), for a CPU run
     "sd1": UNetConfig((320, 640, 1280), (1, 1, 1), 1, 768),
     "sdxl": UNetConfig((320, 640, 1280), (0, 1, 1), 1, 2048, 64, True, 2816, 1),
+    # SDXL's layout at a small width, for a run in seconds (benchmarks/gpu_check.py --quick)
+    "sd-tiny": UNetConfig((32, 64), (0, 1), 1, 64, 16, True, 32, 1),
 }
 
 
