@@ -1,5 +1,5 @@
-"""The GPU check: AutoLoRA on one CUDA GPU as users run it, in one command (about 5 minutes on a current
-GPU; needs torch, numpy and safetensors, no WebUI, nothing downloaded):
+"""The GPU check: AutoLoRA on one CUDA GPU as users run it, in one command (sized for at most 8 minutes on one
+GPU, not yet timed on one; needs torch, numpy and safetensors, no WebUI, nothing downloaded):
 
     python benchmarks/gpu_check.py                       # CUDA: SDXL's full UNet, float16 and bfloat16
     python benchmarks/gpu_check.py --device cpu --quick  # the same rows on a small UNet, in seconds
@@ -44,7 +44,7 @@ GB = 10**9
 FREE_GB = (8, 12, 24)
 FILES = {"lora r16": ("lora", 16), "lora r64": ("lora", 64), "locon r16": ("locon", 16)}
 FULL = {"model": "sdxl-full", "latent": 128, "steps": 8, "repeats": 2, "dtypes": "float16,bfloat16"}
-QUICK = {"model": "sd-tiny", "latent": 8, "steps": 4, "repeats": 1, "dtypes": "float16,bfloat16"}
+QUICK = {"model": "sd-tiny", "latent": 8, "steps": 3, "repeats": 1, "dtypes": "float16,bfloat16"}
 COLUMNS = ("dtype", "file", "mode", "variant", "s/step", "x plain", "peak +MiB", "held while sampling MiB",
            "held after MiB", "lean-fast error")
 
@@ -98,9 +98,10 @@ def table(results):
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for result in results:
         for row in result["rows"]:
-            error = f"{result['lean_fast_error']:.2e}" if row["variant"] == "full range" and row["mode"] == "lean" else ""
+            lean_full = row["variant"] == "full range" and row["mode"] == "lean"
+            error = f"{result['lean_fast_error']:.2e}" if lean_full else ""
             lines.append(f"| {result['dtype']} | {result['file']} | {row['mode']} | {row['variant']} | "
-                         f"{row['s/step']:.4f} | {row['x plain']:.3f} | {row['peak'] / 2**20:.0f} | "
+                         f"{row['s/step']:.4f} | {row['x plain']:.3f} | {round(row['peak'] / 2**20)} | "
                          f"{row['held'] / 2**20:.1f} | {row['after'] / 2**20:.1f} | {error} |")
     return "\n".join(lines)
 
@@ -108,7 +109,7 @@ def table(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true", help="a small UNet, latent 8, 4 steps, one run")
+    parser.add_argument("--quick", action="store_true", help="a small UNet, latent 8, 3 steps, one run")
     parser.add_argument("--dtypes", help="comma-separated (default float16,bfloat16)")
     parser.add_argument("--out", default=".", help="folder for gpu_check.json and gpu_check.md")
     args = parser.parse_args(argv)
