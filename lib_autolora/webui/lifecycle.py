@@ -2,7 +2,9 @@
 generation's life, route the denoiser callback to it, undo everything at the end.
 
 The Generation lives on `p`, so a nested generation (an extension running one inside this one) has
-its own, and an X/Y/Z cell's copy of `p` gets its own.
+its own, and an X/Y/Z cell's copy of `p` gets its own. A shallow copy of `p` made during a generation
+(ADetailer runs every script's postprocess on one, then process on another) carries the reference but
+not the ownership: the hooks act only on the Generation made for the very `p` they get.
 """
 import functools
 
@@ -15,6 +17,12 @@ ATTRIBUTE = "autolora_generation"  # where a processing object keeps its Generat
 
 def _fail_sampling(error, *args, **kwargs):
     raise error
+
+
+def generation_of(p):
+    """The Generation made for `p`, or None (none made, or `p` is a copy of the object that owns it)."""
+    generation = getattr(p, ATTRIBUTE, None)
+    return generation if generation is not None and generation.p is p else None
 
 
 def begin(p, args, opts, generation_class, switched_off=False):
@@ -50,7 +58,7 @@ def _asks_for_autolora(p, args):
 def prepare_pass(p):
     """`process_before_every_sampling`. The WebUI logs an error raised here and samples on, so a
     failed setup leaves AutoLoRA standing aside, with nothing of it installed."""
-    generation = getattr(p, ATTRIBUTE, None)
+    generation = generation_of(p)
     if generation is not None:
         with generation.failing("setting up the hires pass" if getattr(p, "is_hr_pass", False) else "setting up"):
             generation.prepare_pass(p)
@@ -60,7 +68,7 @@ def prepare_pass(p):
 
 def end_sampling(p):
     """`post_sample`: sampling is over, the VAE decode comes next; nothing AutoLoRA held stays for it."""
-    generation = getattr(p, ATTRIBUTE, None)
+    generation = generation_of(p)
     if generation is not None:
         generation.end_pass()
 
@@ -70,7 +78,7 @@ def finish(p, state=None):
     says whether the user interrupted or skipped. A generation that failed on the way undid its
     changes then and is dropped with its `p`."""
     generation = p.__dict__.pop(ATTRIBUTE, None)
-    if generation is None:
+    if generation is None or generation.p is not p:  # a copy's reference goes; its owner finishes it
         return
     line = generation.summary()
     if line and settings.console_summary(generation.opts):
@@ -87,6 +95,6 @@ def _stopped(state, step):
 
 def on_cfg_denoiser(params):
     """The WebUI's cfg_denoiser callback, registered once per script load."""
-    generation = getattr(getattr(params.denoiser, "p", None), ATTRIBUTE, None)
+    generation = generation_of(getattr(params.denoiser, "p", None))
     if generation is not None and generation.handles(params.denoiser):
         generation.on_cfg_denoiser(params)

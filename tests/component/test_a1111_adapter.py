@@ -3,6 +3,7 @@ its script hooks on a fake WebUI (fake_a1111): a CFG denoiser built like A1111's
 a text encoder of torch layers and a kohya LoRA on both, merged by a stand-in for the Lora extension."""
 import collections
 import contextlib
+import copy
 import functools
 import importlib
 import sys
@@ -339,3 +340,20 @@ def test_auto_takes_the_lean_path_in_a1111s_low_vram_modes(a1111, lowvram, memor
     a1111.sd_model.lowvram = lowvram
     run = generate(a1111, [{"gamma": 1.5, "memory": memory}])
     assert run.generation.switch.ways.path == path
+
+
+def test_another_extensions_copies_of_p_leave_the_generation_guiding_and_reporting_once(a1111, capsys):
+    """ADetailer, after each batch's decode, runs every script's postprocess on a copy of `p` and then
+    before_process/process on another copy; the copies share the reference to the Generation."""
+    args = [{"gamma": 1.5}]
+    alone = generate(a1111, args, batches=3)
+    lines = capsys.readouterr().out.count("AutoLoRA:")
+
+    def adetailer_like(p, samples):
+        lifecycle.finish(copy.copy(p))  # p.scripts.postprocess(copy(p), dummy)
+        a1111.begin(copy.copy(p), args)  # p.scripts.before_process(copy_p); p.scripts.process(copy_p)
+
+    run = generate(a1111, args, batches=3, on_decode=adetailer_like)
+    assert torch.equal(run.samples, alone.samples)
+    assert run.generation.report.calls == alone.generation.report.calls
+    assert lines == 1 and capsys.readouterr().out.count("AutoLoRA:") == 1
