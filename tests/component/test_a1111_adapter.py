@@ -357,3 +357,22 @@ def test_another_extensions_copies_of_p_leave_the_generation_guiding_and_reporti
     assert torch.equal(run.samples, alone.samples)
     assert run.generation.report.calls == alone.generation.report.calls
     assert lines == 1 and capsys.readouterr().out.count("AutoLoRA:") == 1
+
+
+@pytest.mark.parametrize("change", ["stop", "weight"])
+def test_a_network_weight_changed_mid_sampling_is_followed_by_the_lean_path(a1111, change):
+    """LoRA Block Weight's `stop=` sets a network's multipliers to 0 from a step on (in a cfg_denoiser
+    callback, before the step's model calls); the host merges the new weights at the next forward. The
+    base pass is the model without the networks whatever their weight, so lean must equal fast."""
+    def change_weights(params):
+        if params.sampling_step == 2:
+            a1111.style.te_multiplier = a1111.style.unet_multiplier = 0.0 if change == "stop" else 0.4
+
+    def run(memory):
+        a1111.style.te_multiplier = a1111.style.unet_multiplier = 1.0
+        return generate(a1111, [{"gamma": 1.5, "memory": memory}])
+
+    fake_a1111.script_callbacks.on_cfg_denoiser(change_weights)
+    runs = {memory: run(memory) for memory in ("lean", "fast")}
+    assert runs["lean"].generation.switch.ways.path == "lean"
+    torch.testing.assert_close(runs["lean"].samples, runs["fast"].samples, rtol=1e-4, atol=1e-4)

@@ -87,11 +87,20 @@ class NetworkSwitch(OffSwitch):
         self._layers = [layer for layer in layers if hasattr(layer, "network_layer_name")
                         and (hasattr(layer, "weight") or hasattr(layer, "in_proj_weight"))]
         self._off = {}  # layer -> its OffLayer, or None for a layer the networks leave unchanged
+        self._off_for = None  # the network names (with their weights) the OffLayers were made for
         self._changed, self._changed_for = [], None  # the layers the networks change, and for which names
 
     def release(self):
         super().release()
         self._off.clear()
+
+    def _follow(self, wanted):
+        """Makes the layers' ways anew where a network's weight changed since they were made (LoRA Block
+        Weight's start/stop steps, mid-sampling): a low-rank term holds the weight it was made with."""
+        if self._off_for != wanted:
+            self.ways.release()
+            self._off.clear()
+            self._off_for = wanted
 
     def _off_layer(self, layer, networks):
         if layer not in self._off:
@@ -124,6 +133,7 @@ class NetworkSwitch(OffSwitch):
             return
         wanted = network_names(networks)
         started = time.perf_counter()
+        self._follow(wanted)
         merged = [layer for layer in self._layers if layer.__dict__.get("network_current_names", ()) == wanted]
         offs = [off for off in (self._off_layer(layer, networks) for layer in merged) if off is not None]
         self.ways.decide(offs)
