@@ -13,6 +13,7 @@ import torch
 
 from lib_autolora.core.guidance import Passes
 from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
+from lib_autolora.hosts import layer_off
 from lib_autolora.webui import lifecycle
 from tests.support import fake_a1111
 from tests.support.a1111_like_lora import load_kohya
@@ -376,3 +377,19 @@ def test_a_network_weight_changed_mid_sampling_is_followed_by_the_lean_path(a111
     runs = {memory: run(memory) for memory in ("lean", "fast")}
     assert runs["lean"].generation.switch.ways.path == "lean"
     torch.testing.assert_close(runs["lean"].samples, runs["fast"].samples, rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_change_mid_sampling_keeps_the_copies_and_remakes_the_terms(a1111):
+    """Copies do not depend on a network's weight: a change (every region of Regional Prompter's latent
+    mode) must not make them again."""
+    def change_weights(params):
+        a1111.style.te_multiplier = a1111.style.unet_multiplier = 1.0 - 0.1 * params.sampling_step
+
+    made = []
+    fake_a1111.script_callbacks.on_cfg_denoiser(change_weights)
+    with pytest.MonkeyPatch.context() as patch:
+        original = layer_off.OffLayer.originals
+        patch.setattr(layer_off.OffLayer, "originals", lambda off, keep: made.append(off.layer) or original(off, keep))
+        run = generate(a1111, [{"gamma": 1.5, "memory": "fast"}])
+    assert run.generation.switch.ways.path == "fast"
+    assert len(made) == len(set(made)), "a layer's copy was made more than once in a sampling pass"

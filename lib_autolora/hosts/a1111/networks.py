@@ -25,6 +25,11 @@ def network_names(networks):
     return tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in networks)
 
 
+def _identities(names):
+    """The networks of `network_names`' value without their weights (name and dynamic dim)."""
+    return [(name, dyn_dim) for name, _, _, dyn_dim in names]
+
+
 def _changes_layer(networks, layer_name):
     suffixes = ("", "_q_proj")  # MultiheadAttention layers take their networks as q/k/v/out parts
     return any(layer_name + s in net.modules for net in networks for s in suffixes)
@@ -93,14 +98,23 @@ class NetworkSwitch(OffSwitch):
     def release(self):
         super().release()
         self._off.clear()
+        self._off_for = None
 
-    def _follow(self, wanted):
-        """Makes the layers' ways anew where a network's weight changed since they were made (LoRA Block
-        Weight's start/stop steps, mid-sampling): a low-rank term holds the weight it was made with."""
-        if self._off_for != wanted:
+    def _follow(self, networks, wanted):
+        """Where the networks' weights changed since the layers' ways were made (mid-sampling: LoRA Block
+        Weight's start/stop steps, Regional Prompter's regions), makes the low-rank terms anew, which hold
+        the weight they were made with (copies do not); where other networks came, makes everything anew."""
+        if self._off_for == wanted:
+            return
+        if self._off_for is not None and _identities(self._off_for) == _identities(wanted):
+            for layer, off in self._off.items():
+                if off is not None and off.term is not None:
+                    off.term.release()
+                    off.term = _low_rank_term(layer, networks)
+        else:
             self.ways.release()
             self._off.clear()
-            self._off_for = wanted
+        self._off_for = wanted
 
     def _off_layer(self, layer, networks):
         if layer not in self._off:
@@ -133,7 +147,7 @@ class NetworkSwitch(OffSwitch):
             return
         wanted = network_names(networks)
         started = time.perf_counter()
-        self._follow(wanted)
+        self._follow(networks, wanted)
         merged = [layer for layer in self._layers if layer.__dict__.get("network_current_names", ()) == wanted]
         offs = [off for off in (self._off_layer(layer, networks) for layer in merged) if off is not None]
         self.ways.decide(offs)
