@@ -1,8 +1,8 @@
-"""The answer the README's API section promises for AutoLoRA's `alwayson_scripts` arguments and for
-pasted infotext, written from the README's text and not from lib_autolora, so tests can hold the
-library (tier 1) and a running WebUI (live) to it.
+"""The answer the README's API section (with docs/api.md's exact rules) promises for AutoLoRA's
+`alwayson_scripts` arguments and for pasted infotext, written from that text and not from
+lib_autolora, so tests can hold the library (tier 1) and a running WebUI (live) to it.
 
-The rules, as the README states them:
+The rules, as they are stated there:
 - `args` is a list: one object of named values first (the rest of the list is ignored), or values
   by position in the order of the key table; positions not given take their defaults, and a
   WebUI passes on at most as many positions as there are keys (it drops the rest).
