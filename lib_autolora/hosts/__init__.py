@@ -29,10 +29,6 @@ def family():
     return next(name for name, marker, _ in FAMILIES if marker is None or _has(marker))
 
 
-def is_forge():
-    return family() == "forge"
-
-
 def generation_class():
     """The Generation class of the host family that runs us."""
     name = family()

@@ -12,7 +12,7 @@ fine-tuned on six points, and three samplers side by side. About 20 s on two CPU
 3. The same initial noise is sampled with a deterministic Euler sampler (k-diffusion style over
    Karras sigmas, denoiser outputs x0), prompt = the ring class: (a) the base model with CFG,
    (b) the LoRA model with CFG, (c) AutoLoRA, `autolora(cfg(base, w1), cfg(lora, w2), gamma)` from
-   `lib_autolora.guidance`, the core the extension uses, with the LoRA switched off for the base
+   `lib_autolora.core.guidance`, the core the extension uses, with the LoRA switched off for the base
    pass. w1 = w2 = the CFG scale and gamma = 1.5 unless told otherwise, as in the paper.
 
 Figures per sample set (all on the ring prompt, `tolerance` = 0.1):

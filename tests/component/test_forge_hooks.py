@@ -206,14 +206,14 @@ def test_host_detection_is_from_what_imports(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: types.SimpleNamespace() if name == "backend.patcher" else real(name, *a))
-    assert hosts.is_forge()
+    assert hosts.family() == "forge"
 
     def no_backend(name, *a):
         if name.startswith("backend"):
             raise ModuleNotFoundError(name)
         return real(name, *a)
     monkeypatch.setattr(importlib.util, "find_spec", no_backend)
-    assert not hosts.is_forge()
+    assert hosts.family() == "a1111"  # nor ldm_patched here
 
 
 class Condition:
