@@ -151,3 +151,120 @@ def test_find_python_takes_pyenvs_newest_patch_release(tmp_path, monkeypatch):
     monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
     assert webui_host.find_python("3.10", None) == tmp_path / "versions" / "3.10.13" / "bin" / "python"
     assert webui_host.find_python("3.11", "/usr/bin/python3.11") == "/usr/bin/python3.11"
+
+
+def test_every_extension_entry_is_well_formed():
+    allowed = {"commit", "requirements", "prepare", "builtin", "flags", "env"}
+    for github, spec in webui_host.EXTENSIONS.items():
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", github) and set(spec) <= allowed and HEX40.fullmatch(spec["commit"])
+        assert all(callable(step) for step in spec.get("prepare", []) + [spec.get("requirements", len)])
+        host = webui_host.Host("/x", "a1111")
+        [host.fill(flag) for flag in spec.get("flags", [])] + [host.fill(v) for v in spec.get("env", {}).values()]
+
+
+def test_extension_option_names_source_and_commit():
+    spec = webui_host.extension_spec
+    assert spec("adetailer") == {"repo": "Bing-su/adetailer", "source": None, "commit": None}
+    assert spec("Bing-su/ADetailer@abc123") == {"repo": "Bing-su/adetailer", "source": None, "commit": "abc123"}
+    assert spec("sd-webui-controlnet=/m/cn/repo@v1.1") == {"repo": "Mikubill/sd-webui-controlnet",
+                                                          "source": "/m/cn/repo", "commit": "v1.1"}
+    assert spec("me/mine=/src/mine") == {"repo": "me/mine", "source": "/src/mine", "commit": None}
+    assert spec("mine=/src/a@b/c") == {"repo": "mine", "source": "/src/a@b/c", "commit": None}  # '@' in a path
+    with pytest.raises(Exception, match="owner/name"):
+        spec("mine")
+    args = webui_host.parse(["extensions", "--dest", "d", "--extension", "adetailer", "--extension", "a/b"])
+    assert [e["repo"] for e in args.extension] == ["Bing-su/adetailer", "a/b"]
+    with pytest.raises(SystemExit):
+        webui_host.parse(["extensions", "--dest", "d"])  # at least one
+    assert webui_host.parse(["install", "--host", "a1111", "--source", "s", "--dest", "d"]).extension == []
+
+
+def test_requirements_read_from_the_extensions_own_files(tmp_path):
+    (tmp_path / "install.py").write_text('deps = [\n    ("ultralytics", "8.3.75", None),\n'
+                                         '    ("mediapipe", "0.10.13", "0.10.15"),\n    ("rich", None, "14"),\n]\n')
+    assert webui_host.adetailer_requirements(tmp_path) == ["ultralytics>=8.3.75", "mediapipe>=0.10.13,<=0.10.15",
+                                                           "rich<=14"]
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = [\n    "send2trash~=1.8",\n'
+                                             '    "dynamicprompts[attentiongrabber,magicprompt]~=0.31.0",\n]\n'
+                                             '\n[tool.ruff]\nselect = ["B"]\n')
+    assert webui_host.pyproject_requirements(tmp_path) == ["send2trash~=1.8",
+                                                           "dynamicprompts[attentiongrabber,magicprompt]~=0.31.0"]
+    (tmp_path / "requirements.txt").write_text("fvcore\n# preprocessors\ntimm<=0.9.5\n\ntorch\n")
+    assert webui_host.controlnet_requirements(tmp_path)[-1] == "onnxruntime"
+    assert webui_host.requirements_txt(tmp_path) == ["fvcore", "timm<=0.9.5"]  # an unknown one: no torch
+    assert webui_host.requirements_txt(tmp_path / "none") == []
+
+
+def test_option_defaults_takes_the_literal_defaults_an_extension_registers(tmp_path):
+    settings = tmp_path / "settings.py"
+    settings.write_text('def on_ui_settings():\n'
+                        '    shared.opts.add_option(key="dp_a", info=shared.OptionInfo(False, label="a"))\n'
+                        '    shared.opts.add_option("dp_b", shared.OptionInfo("{", "b", section=("s", "S")))\n'
+                        '    shared.opts.add_option(key="dp_c", info=shared.OptionInfo(models()[0], label="c"))\n'
+                        '    shared.opts.add_option(key="dp_d", info=shared.OptionInfo(1, label="d"))\n')
+    assert webui_host.option_defaults(settings) == {"dp_a": False, "dp_b": "{", "dp_d": 1}
+    webui_host.write_config(tmp_path, {"live_previews_enable": True, "dp_a": False}, keep=True)
+    webui_host.write_config(tmp_path)
+    webui_host.write_config(tmp_path, {"live_previews_enable": True, "dp_a": True}, keep=True)
+    assert json.loads((tmp_path / "config.json").read_text()) == {"live_previews_enable": False, "dp_a": False}
+
+
+def test_extensions_go_into_both_instances_on_a_branch_and_change_the_start_flags(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    git("init", "-q", cwd=source)
+    (source / "requirements.txt").write_text("")
+    git("add", ".", cwd=source)
+    git("commit", "-q", "-m", "one", cwd=source)
+    first = git("rev-parse", "HEAD", cwd=source)
+    (source / "scripts.py").write_text("")
+    git("add", ".", cwd=source)
+    git("commit", "-q", "-m", "two", cwd=source)
+    dest = tmp_path / "host"
+    (dest / "webui" / "extensions-builtin" / "sd_forge_controlnet").mkdir(parents=True)
+    (dest / "host.json").write_text(json.dumps({"host": "forge"}))
+    host = webui_host.Host(dest)
+    assert "--disable-extra-extensions" in webui_host.plain_flags(host)
+    known = {"commit": first, "flags": ["--ad-x"], "env": {"E": "{dest}"}}
+    monkeypatch.setitem(webui_host.EXTENSIONS, "me/adtool", known)
+    args = webui_host.parse(["extensions", "--dest", str(dest), "--extension", f"me/adtool={source}",
+                             "--extension", f"Mikubill/sd-webui-controlnet={source}"])
+    webui_host.extensions(args)
+    for instance in webui_host.INSTANCES:
+        clone = host.data_dir(instance) / "extensions" / "adtool"
+        assert git("rev-parse", "HEAD", cwd=clone) == first and git("branch", "--show-current", cwd=clone)
+        assert not (host.data_dir(instance) / "extensions" / "sd-webui-controlnet").exists()  # Forge has it built in
+    assert host.data_dir("plain") == dest / "data-plain"
+    assert host.extensions() == {"adtool": {"repo": "me/adtool", "source": str(source), "commit": first}}
+    assert "--disable-extra-extensions" not in webui_host.plain_flags(host)
+    assert webui_host.extension_extras(host, "ext") == (["--ad-x"], {"E": "{dest}"})
+    second = git("rev-parse", "HEAD", cwd=source)
+    webui_host.extensions(webui_host.parse(["extensions", "--dest", str(dest), "--extension",
+                                            f"me/adtool={source}@{second}"]))
+    assert git("rev-parse", "HEAD", cwd=dest / "data-plain" / "extensions" / "adtool") == second
+    (dest / "data-plain" / "extensions" / "adtool").rename(tmp_path / "gone")
+    assert webui_host.extension_extras(host, "plain") == ([], {})
+
+
+def test_start_ports_stay_the_hosts_ports_after_a_stop(tmp_path):
+    (tmp_path / "host.json").write_text(json.dumps({"host": "a1111", "ports": {"ext": 7880, "plain": 7882}}))
+    host = webui_host.Host(tmp_path)
+    host.record_ports(["plain"])  # what stop records
+    assert host.ports == webui_host.Host(tmp_path).ports == {"ext": 7880, "plain": 7882}
+    controlnet_set = webui_host.Host(tmp_path, fixtures="fixtures-controlnet")
+    assert controlnet_set.fill("{fixtures}") == f"{tmp_path}/fixtures-controlnet"
+
+
+def test_adetailer_model_finds_one_centred_region_on_any_image(tmp_path):
+    pytest.importorskip("ultralytics")
+    from PIL import Image
+    from ultralytics import YOLO
+
+    from tests.support import adetailer_model
+
+    path = adetailer_model.save(adetailer_model.build(), tmp_path / "face_yolov8n.pt")
+    for size in ((64, 64), (512, 512)):
+        found = YOLO(path)(Image.new("RGB", size, (9, 99, 199)), conf=0.3, verbose=False)[0].boxes
+        assert len(found) == 1 and found.conf[0] > 0.999
+        width, height = size
+        assert found.xyxy[0].tolist() == pytest.approx([width / 4, height / 4, width * 3 / 4, height * 3 / 4], abs=1)

@@ -3,9 +3,11 @@
 
     python tests/support/webui_host.py install --host a1111|forge|reforge|classic|forge2 --source GIT_DIR_OR_TREE
         --dest DIR [--family sd1[,sdxl,sd3]] [--commit REV] [--repos FOLDER ...] [--repo NAME=PATH ...]
-        [--python PYTHON]
+        [--python PYTHON] [--extension NAME[=GIT_DIR][@COMMIT] ...]
+    python tests/support/webui_host.py extensions --dest DIR --extension NAME[=GIT_DIR][@COMMIT] ...
+        [--repos FOLDER ...]
     python tests/support/webui_host.py start  --dest DIR [--only ext|plain] [--ports EXT,PLAIN] [--timeout S]
-        [--flag=--medvram ...]
+        [--flag=--medvram ...] [--fixtures FOLDER]
     python tests/support/webui_host.py stop   --dest DIR [--only ext|plain]
     python tests/support/webui_host.py status --dest DIR [--ports EXT,PLAIN]
 
@@ -26,6 +28,39 @@ install, into DIR (outside this project):
                           suite skips the other families' cases)
   DIR/webui/extensions/sd-webui-autolora -> this checkout; config.json with live previews off
   DIR/data-plain          data dir of the instance without the extension (own config.json)
+  extensions              what `extensions` does (below), for each --extension
+
+extensions adds WebUI extensions to both instances of an installed host (no reinstall), from local git
+dirs: NAME is a GitHub owner/name, GIT_DIR its git dir (default: looked up in --repos as the helpers
+are), COMMIT what to check out (default: the commit pinned in EXTENSIONS, else the source's HEAD).
+  DIR/webui/extensions/NAME, DIR/data-plain/extensions/NAME
+                          a shared clone each (extensions write into their folders), on branch
+                          webui-host at COMMIT: the ext instance reads its data dir's (the WebUI
+                          folder's) extensions/, the plain one its --data-dir's; with extensions
+                          there, the plain instance starts without --disable-extra-extensions
+                          (which would switch them off too) and still has no AutoLoRA
+  DIR/webui/venv          what the extension's install.py would install (the WebUI runs none with
+                          --skip-prepare-environment), read from its checkout, in one pip call under
+                          the torch pin; an extension not in EXTENSIONS gets its requirements.txt
+  then, per extension in EXTENSIONS, what it needs to start offline:
+    Bing-su/adetailer     ultralytics, mediapipe, rich; DIR/fixtures/adetailer/face_yolov8n.pt (a seeded
+                          YOLOv8n that finds one centred region on any image: adetailer_model.py),
+                          linked into each data dir's models/adetailer; start adds --ad-no-huggingface
+                          (no Hugging Face look-ups), YOLO_OFFLINE=true and YOLO_CONFIG_DIR=DIR/ultralytics
+    adieyal/sd-dynamic-prompts
+                          dynamicprompts~=0.31, send2trash; the defaults of its dp_* settings written to
+                          both config.json files: it registers them too late for A1111 1.9+ and Forge,
+                          which otherwise fail each generation on opts.dp_ignore_whitespace
+    Mikubill/sd-webui-controlnet
+                          its requirements.txt and onnxruntime (not its GitHub wheels); for A1111 the
+                          project's ControlNet set in DIR/fixtures-controlnet (controlnet_fixture.py:
+                          the tiny fixture UNet cannot take a ControlNet), listed through
+                          --controlnet-dir; `start --fixtures fixtures-controlnet` runs the instances on
+                          that set's checkpoint (about 5 GB each), where a unit works. Not added where
+                          the WebUI has ControlNet built in (Forge, reForge)
+    hako-mikan/sd-webui-regional-prompter, hako-mikan/sd-webui-lora-block-weight
+                          nothing beyond the WebUI's packages
+  host.json "extensions" records each one's source and commit; status lists them.
 
 start runs both instances (or --only one) detached, logs in DIR/logs, waits until each API answers
 and prints the environment for the live suite, e.g.
@@ -33,16 +68,19 @@ and prints the environment for the live suite, e.g.
     AUTOLORA_WEBUI_URL=http://127.0.0.1:7860 AUTOLORA_PLAIN_WEBUI_URL=http://127.0.0.1:7862
 
 --ports EXT,PLAIN replaces the host type's ports (HOSTS) where other WebUIs already use them; start
-records them in DIR/run, where status finds them while the instances run. stop ends the instances
-that start recorded in DIR/run. Clones are `git clone --shared`: they borrow the source's objects, so keep
-the source git dirs. Files whose objects a source lacks (large files left out of snapshots) are left
-out by a sparse checkout; the hosts do not need them.
+records them in DIR/host.json, where later starts, stop and status find them (start --only one,
+after a stop, keeps to them). --fixtures FOLDER takes checkpoints, LoRAs and HF_HOME from DIR/FOLDER
+instead of DIR/fixtures (e.g. fixtures-controlnet). stop ends the instances that start recorded in
+DIR/run. Clones are `git clone --shared`: they borrow the source's objects, so keep the source git dirs.
+Files whose objects a source lacks (large files left out of snapshots) are left out by a sparse
+checkout; the hosts do not need them.
 
 A host type is one entry in HOSTS. Standard library only: this runs before any venv exists.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -56,8 +94,11 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "sd-webui-autolora"
+EXTENSION_BRANCH = "webui-host"  # the branch of each added extension's clone, at its commit
 FIXTURE_MAKER = PROJECT / "tests" / "support" / "make_fixtures.py"
 FAMILY_NAMES = PROJECT / "tests" / "support" / "fixtures" / "names.py"  # FAMILIES; no torch there
+ADETAILER_MAKER = PROJECT / "tests" / "support" / "adetailer_model.py"
+CONTROLNET_MAKER = PROJECT / "tests" / "support" / "controlnet_fixture.py"
 
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
        "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -200,15 +241,15 @@ class Host:
     """The paths of one installed (or to be installed) host under DEST, and its instances' ports:
     `ports` if given, else those the last start recorded, else the host type's."""
 
-    def __init__(self, dest, kind=None, ports=None):
+    def __init__(self, dest, kind=None, ports=None, fixtures=None):
         self.dest = Path(dest).resolve()
         self.kind = kind or json.loads(self.record.read_text())["host"]
         self.spec = HOSTS[self.kind]
         self.webui = self.dest / "webui"
         self.python = self.webui / "venv" / "bin" / "python"
-        self.fixtures = self.dest / "fixtures"
+        self.fixtures = self.dest / (fixtures or "fixtures")
         self.places = {"dest": self.dest, "fixtures": self.fixtures, "src": self.dest / "src"}
-        self.ports = {**self.spec["ports"], **self.recorded_ports(), **(ports or {})}
+        self.ports = {**self.spec["ports"], **self.chosen_ports(), **self.recorded_ports(), **(ports or {})}
 
     @property
     def record(self):
@@ -217,6 +258,13 @@ class Host:
     @property
     def ports_file(self):
         return self.dest / "run" / "ports.json"
+
+    def chosen_ports(self):
+        """The --ports of the last start that had them (host.json): this host's ports from then on."""
+        try:
+            return json.loads(self.record.read_text()).get("ports", {})
+        except (OSError, ValueError):
+            return {}
 
     def recorded_ports(self):
         try:
@@ -243,15 +291,27 @@ class Host:
     def log_file(self, instance):
         return self.dest / "logs" / f"{instance}.log"
 
+    def data_dir(self, instance):
+        """The instance's data dir, where the WebUI reads extensions/ and models/ (paths_internal.py:
+        --data-dir, by default the WebUI's own folder)."""
+        return self.webui if instance == "ext" else self.dest / "data-plain"
+
+    def extensions(self):
+        """The extensions the kit added: folder under extensions/ -> {repo, source, commit}."""
+        return json.loads(self.record.read_text()).get("extensions", {})
+
+    def has_extension(self, instance, folder):
+        return (self.data_dir(instance) / "extensions" / folder).is_dir()
+
 
 def say(message):
     print(f"webui_host: {message}", flush=True)
 
 
-def run(cmd, **kwargs):
+def run(cmd, env=None, **kwargs):
     say("$ " + " ".join(map(str, cmd)))
     began = time.monotonic()
-    done = subprocess.run([str(c) for c in cmd], env={**os.environ, **ENV}, **kwargs)
+    done = subprocess.run([str(c) for c in cmd], env={**os.environ, **ENV, **(env or {})}, **kwargs)
     if done.returncode:
         sys.exit(f"webui_host: failed ({done.returncode}): {' '.join(map(str, cmd))}\n{done.stderr or ''}")
     if time.monotonic() - began >= 10:
@@ -318,13 +378,15 @@ def find_python(version, given):
     return found
 
 
+TORCH_LINE = re.compile(r"\s*(torch|torchvision)\s*([=<>!~;#\[@]|$)", re.IGNORECASE)
+
+
 def without_torch(requirements, out, replace=None):
     """Copy a requirements file without its torch/torchvision lines (torch is pinned per host);
     a line that matches a pattern of `replace` in full becomes that pattern's value."""
-    torch_line = re.compile(r"\s*(torch|torchvision)\s*([=<>!~;#\[@]|$)", re.IGNORECASE)
     lines = []
     for line in requirements.read_text().splitlines():
-        if torch_line.match(line):
+        if TORCH_LINE.match(line):
             continue
         lines.append(next((new for old, new in (replace or {}).items() if re.fullmatch(old, line.strip())), line))
     out.write_text("\n".join(lines) + "\n")
@@ -352,11 +414,13 @@ def ports(text):
     return {"ext": ext, "plain": plain}
 
 
-def write_config(data_dir):
+def write_config(data_dir, settings=None, keep=False):
+    """Set `settings` (default: live previews off) in DATA_DIR/config.json; with `keep`, only those not set there."""
     config = Path(data_dir) / "config.json"
-    settings = json.loads(config.read_text()) if config.is_file() else {}
+    current = json.loads(config.read_text()) if config.is_file() else {}
+    settings = {"live_previews_enable": False} if settings is None else settings
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({**settings, "live_previews_enable": False}, indent=4))
+    config.write_text(json.dumps({**current, **settings, **(current if keep else {})}, indent=4))
 
 
 def link_extension(host):
@@ -402,6 +466,248 @@ def install_links(host, args):
     write_config(host.dest / "data-plain")
 
 
+# Extensions that LoRA users stack, added to both instances (install --extension, extensions)
+# ---------------------------------------------------------------------------------------------
+# The kit does offline what each extension's install.py would do (the WebUI runs no install.py
+# with --skip-prepare-environment): the requirements read from the extension's checkout, pip-installed
+# into the host's venv under the torch constraint, then what it needs so that it downloads nothing
+# at start.
+
+def adetailer_requirements(folder):
+    """ADetailer's install.py installs each (package, min, max) of its `deps` list that is missing or
+    out of range, as `package>=min,<=max`."""
+    for node in ast.walk(ast.parse((folder / "install.py").read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "deps" for t in node.targets):
+            return [package + ",".join(f"{op}{version}" for op, version in ((">=", low), ("<=", high)) if version)
+                    for package, low, high in ast.literal_eval(node.value)]
+    sys.exit(f"webui_host: no `deps = [...]` in {folder / 'install.py'}")
+
+
+def pyproject_requirements(folder):
+    """Dynamic Prompts' install.py installs its pyproject.toml's [project] dependencies that are not
+    satisfied (sd_dynamic_prompts/version_tools.py)."""
+    text = (folder / "pyproject.toml").read_text()
+    try:
+        import tomllib  # Python 3.11+
+        return list(tomllib.loads(text)["project"]["dependencies"])
+    except ImportError:
+        project = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL).group(1)
+        listed = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", project, re.MULTILINE | re.DOTALL).group(1)
+        return re.findall(r'"([^"]+)"', listed)
+
+
+def controlnet_requirements(folder):
+    """Mikubill's install.py: every line of requirements.txt, then onnxruntime (not -gpu: no CUDA here).
+    Its other installs need GitHub (release wheels of handrefinerportable, depth_anything,
+    depth_anything_v2 and dsine; insightface only on Windows): left out, as install.py leaves a failed
+    one out ("some preprocessors may not work"); none of them is needed to load."""
+    lines = (folder / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")] + ["onnxruntime"]
+
+
+def requirements_txt(folder):
+    """An extension the kit does not know: its requirements.txt, if any (its install.py is not run)."""
+    path = folder / "requirements.txt"
+    if (folder / "install.py").exists():
+        say(f"{folder.name}: install.py is not run; installing its requirements.txt only" if path.exists() else
+            f"{folder.name}: install.py is not run and there is no requirements.txt: check what it needs")
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split("#")[0].strip() for line in lines
+            if line.split("#")[0].strip() and not TORCH_LINE.match(line)]
+
+
+def option_defaults(path):
+    """{key: default} of the options a file registers as opts.add_option(key=..., info=OptionInfo(default, ...)),
+    where the default is a literal."""
+    found = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_option"):
+            continue
+        given = {**dict(zip(("key", "info"), node.args)), **{k.arg: k.value for k in node.keywords}}
+        key, info = given.get("key"), given.get("info")
+        if isinstance(key, ast.Constant) and isinstance(info, ast.Call) and info.args:
+            try:
+                found[key.value] = ast.literal_eval(info.args[0])
+            except ValueError:  # computed (the magic prompt model list): read with hasattr() by the extension
+                pass
+    return found
+
+
+def adetailer_model(host, folder, instances):
+    """ADetailer lists the *.pt under MODELS/adetailer (MODELS: the instance's data dir's models/) beside
+    the models it would download from Hugging Face (face_yolov8n.pt, ...), which --ad-no-huggingface
+    (start) keeps it from trying. One seeded YOLOv8n made offline, linked as face_yolov8n.pt into each."""
+    model = host.fixtures / "adetailer" / "face_yolov8n.pt"
+    if not model.exists():
+        run([host.python, ADETAILER_MAKER, model],
+            env={k: host.fill(v) for k, v in EXTENSIONS["Bing-su/adetailer"]["env"].items()})
+    for instance in instances:
+        link = host.data_dir(instance) / "models" / "adetailer" / model.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(model)
+        say(f"linked {link} -> {model}")
+
+
+def dynamic_prompts_settings(host, folder, instances):
+    """Dynamic Prompts 2.17.1 (and before) adds its settings (opts.dp_*) from an on_ui_settings callback
+    that its Script.__init__ registers; A1111 1.9+ (and Forge) call those callbacks before they make
+    the Script objects, so on a fresh start the settings are never added and every generation fails
+    with "'Options' object has no attribute 'dp_ignore_whitespace'" (its issue #754, fixed after the
+    snapshots' commit by #760). Options read a key found in config.json, so the kit writes the
+    defaults of the settings the extension registers into each instance's config.json."""
+    defaults = option_defaults(folder / "sd_dynamic_prompts" / "settings.py")
+    for instance in instances:
+        write_config(host.data_dir(instance), defaults, keep=True)
+    say(f"{folder.name}: {len(defaults)} setting defaults written to config.json: {' '.join(defaults)}")
+
+
+def controlnet_fixtures(host, folder, instances):
+    """A unit needs a ControlNet model, and Mikubill's ControlNet adds SD1.5-width features that A1111's
+    tiny fixture UNet cannot take: make the project's ControlNet set (controlnet_fixture.py --host
+    a1111: a checkpoint of SD1.5's UNet widths, its LoRA files, hf_home and the ControlNet) in
+    DIR/fixtures-controlnet; `start --fixtures fixtures-controlnet` runs on it (about 5 GB an instance)."""
+    if host.spec["fixtures"] != "a1111":
+        return
+    out = host.dest / "fixtures-controlnet"
+    if (out / "ControlNet").is_dir():
+        say(f"{out} exists: kept")
+        return
+    run([host.python, CONTROLNET_MAKER, out, "--host", "a1111"])
+
+
+# GitHub owner/name -> what the kit does for it:
+#   commit        checked out unless NAME=GIT_DIR@COMMIT says otherwise (the versions this project tried)
+#   requirements  function(checkout) -> pip requirement specifiers, as its install.py installs them
+#   prepare       functions(host, checkout, instances) run after the requirements
+#   builtin       a folder of the WebUI's extensions-builtin/ that provides it: then it is not added
+#   flags, env    for an instance that has it (start); strings as in HOSTS
+EXTENSIONS = {
+    "Bing-su/adetailer": {  # v25.3.0
+        "commit": "36189cbea735b85fd01e98ac42002b8ce6f0e41d",
+        "requirements": adetailer_requirements,
+        "prepare": [adetailer_model],
+        "flags": ["--ad-no-huggingface"],  # its preload.py: take models from models/adetailer only
+        # ultralytics: no online checks (hub events, fonts), its settings inside DIR
+        "env": {"YOLO_OFFLINE": "true", "YOLO_CONFIG_DIR": "{dest}/ultralytics"},
+    },
+    "hako-mikan/sd-webui-regional-prompter": {"commit": "be623452203b396ed87b85583a3cfd56e8157214"},
+    "hako-mikan/sd-webui-lora-block-weight": {"commit": "b403cb7300f288360023c2a1978b86a361934e24"},
+    "adieyal/sd-dynamic-prompts": {  # v2.17.1
+        "commit": "e8326b5eee92c78f3bc2aa424d5ea4a91bed2c38",
+        "requirements": pyproject_requirements,
+        "prepare": [dynamic_prompts_settings],
+    },
+    "Mikubill/sd-webui-controlnet": {  # 1.1.455
+        "commit": "56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81",
+        "requirements": controlnet_requirements,
+        "prepare": [controlnet_fixtures],
+        "builtin": "sd_forge_controlnet",  # Forge, reForge: ControlNet is built in
+        "flags": ["--controlnet-dir", "{dest}/fixtures-controlnet/ControlNet"],  # its preload.py; lists the fixture
+    },
+}
+
+
+def extension_spec(text):
+    """--extension NAME[=GIT_DIR][@COMMIT]: NAME is a GitHub owner/name (or its name part, for one of
+    EXTENSIONS); without GIT_DIR it is looked up in --repos as the helpers are."""
+    name, _, source = text.partition("=")
+    rest, at, commit = (source or name).rpartition("@")
+    if at and "/" not in commit and commit:
+        if source:
+            source = rest
+        else:
+            name = rest
+    else:
+        commit = None
+    known = {key.lower(): key for key in EXTENSIONS} | {key.split("/")[1].lower(): key for key in EXTENSIONS}
+    github = known.get(name.lower(), name)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", github) and not source:
+        raise argparse.ArgumentTypeError(f"{text!r}: NAME is a GitHub owner/name (known: {', '.join(EXTENSIONS)}) "
+                                         "or give its git dir as NAME=GIT_DIR")
+    return {"repo": github, "source": source or None, "commit": commit}
+
+
+def resolve(source, commit):
+    """The full commit of `commit` (default HEAD) in git dir `source`."""
+    done = subprocess.run(["git", "-C", str(source), "rev-parse", "--verify", f"{commit or 'HEAD'}^{{commit}}"],
+                          capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"webui_host: {source} has no commit {commit or 'HEAD'}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def add_extension(host, wanted, repos):
+    """Clone one extension into each instance's extensions/ (a shared clone per instance: extensions
+    write into their folders) at its commit; returns (its record, its checkout) or None when the
+    WebUI has it built in."""
+    known = EXTENSIONS.get(wanted["repo"], {})
+    folder = wanted["repo"].split("/")[-1]
+    builtin = known.get("builtin")
+    if builtin and (host.webui / "extensions-builtin" / builtin).is_dir():
+        say(f"{wanted['repo']}: not added, {host.kind} has it built in (extensions-builtin/{builtin})")
+        return None
+    source = Path(wanted["source"]) if wanted["source"] else find_source(folder, wanted["repo"], {}, repos)
+    commit = resolve(source, wanted["commit"] or known.get("commit"))
+    for instance in INSTANCES:
+        target = host.data_dir(instance) / "extensions" / folder
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() and is_git(target) and resolve(target, "HEAD") != commit:
+            say(f"{target}: from {resolve(target, 'HEAD')[:10]} to {commit[:10]}")
+        else:
+            check_out(source, target, commit)
+        # on a branch: the WebUI reads each extension's branch, and logs a traceback for a detached HEAD
+        run(["git", "-C", target, "checkout", "-q", "-B", EXTENSION_BRANCH, commit], capture_output=True, text=True)
+    record = {"repo": wanted["repo"], "source": str(source.resolve()), "commit": commit}
+    return record, host.webui / "extensions" / folder
+
+
+def install_extensions(host, args):
+    """Add --extension's extensions to both instances: clones, requirements (one pip call), preparations."""
+    if not args.extension:
+        return
+    record = json.loads(host.record.read_text())
+    added = {}
+    for wanted in args.extension:
+        done = add_extension(host, wanted, args.repos)
+        if done:
+            added[done[1].name] = done
+    requirements = []
+    for entry, checkout in added.values():
+        requirements += EXTENSIONS.get(entry["repo"], {}).get("requirements", requirements_txt)(checkout)
+    if requirements:
+        constraints = host.dest / "torch-constraints.txt"
+        constraints.write_text("\n".join(host.spec["torch"]) + "\n")
+        run([host.python, "-m", "pip", "install", "-c", constraints, *requirements])
+    for folder, (entry, checkout) in added.items():
+        for prepare in EXTENSIONS.get(entry["repo"], {}).get("prepare", []):
+            prepare(host, checkout, INSTANCES)
+        say(f"{folder}: {entry['repo']} at {entry['commit'][:10]} in both instances")
+    record["extensions"] = {**record.get("extensions", {}), **{folder: entry for folder, (entry, _) in added.items()}}
+    host.record.write_text(json.dumps(record, indent=4))
+
+
+def extensions(args):
+    host = Host(args.dest)
+    began = time.monotonic()
+    install_extensions(host, args)
+    say(f"extensions: done in {time.monotonic() - began:.0f} s")
+    for folder, entry in host.extensions().items():
+        print(f"  {folder:32} {entry['repo']} {entry['commit'][:10]}")
+
+
+def extension_extras(host, instance):
+    """The flags and environment that the instance's extensions add."""
+    flags, env = [], {}
+    for folder, entry in host.extensions().items():
+        if host.has_extension(instance, folder):
+            known = EXTENSIONS.get(entry["repo"], {})
+            flags += known.get("flags", [])
+            env.update(known.get("env", {}))
+    return flags, env
+
+
 def install(args):
     host = Host(args.dest, args.host)
     if host.dest == PROJECT or PROJECT in host.dest.parents:
@@ -412,7 +718,7 @@ def install(args):
                                       indent=4))
     began = time.monotonic()
     steps = [("webui", install_webui), ("helpers", install_helpers), ("venv", install_venv),
-             ("fixtures", install_fixtures), ("links", install_links)]
+             ("fixtures", install_fixtures), ("links", install_links), ("extensions", install_extensions)]
     for name, step in steps:
         start = time.monotonic()
         step(host, args)
@@ -439,13 +745,23 @@ def running_pid(host, instance):
     return pid if b"launch.py" in cmdline else None
 
 
+def plain_flags(host):
+    """The plain instance's own data dir; --disable-extra-extensions (no extension at all) unless the kit
+    put extensions into that data dir's extensions/, which is all that instance then loads besides the
+    built-in ones (AutoLoRA is only linked into the ext instance's)."""
+    added = [folder for folder in host.extensions() if host.has_extension("plain", folder)]
+    return [flag for flag in PLAIN_FLAGS if not (added and flag == "--disable-extra-extensions")]
+
+
 def spawn(host, instance, extra_flags=()):
     if running_pid(host, instance) or answers(host.url(instance)):
         sys.exit(f"webui_host: {instance}: something already answers at {host.url(instance)} "
                  "(stop it first, or choose other --ports)")
-    flags = FLAGS + host.spec["flags"] + (PLAIN_FLAGS if instance == "plain" else []) + list(extra_flags)
-    cmd = [str(host.python), "launch.py", *map(host.fill, flags), "--port", str(host.ports[instance])]
-    env = {**os.environ, **ENV, **{k: host.fill(v) for k, v in host.spec["env"].items()}}
+    ext_flags, ext_env = extension_extras(host, instance)
+    flags = FLAGS + host.spec["flags"] + (plain_flags(host) if instance == "plain" else []) + ext_flags
+    flags = [*map(host.fill, flags), *extra_flags, "--port", str(host.ports[instance])]
+    cmd = [str(host.python), "launch.py", *flags]
+    env = {**os.environ, **ENV, **{k: host.fill(v) for k, v in {**host.spec["env"], **ext_env}.items()}}
     for path in (host.log_file(instance), host.pid_file(instance)):
         path.parent.mkdir(parents=True, exist_ok=True)
     with open(host.log_file(instance), "w") as log:
@@ -483,7 +799,10 @@ def env_line(host):
 
 
 def start(args):
-    host = Host(args.dest, ports=args.ports)
+    host = Host(args.dest, ports=args.ports, fixtures=args.fixtures)
+    if args.ports:  # later starts (--only one, after a stop) keep away from the host type's ports too
+        record = json.loads(host.record.read_text())
+        host.record.write_text(json.dumps({**record, "ports": args.ports}, indent=4))
     began, processes = time.monotonic(), {}
     try:
         for instance in chosen(args):
@@ -527,6 +846,9 @@ def status(args):
         pid, up = running_pid(host, instance), answers(host.url(instance))
         state = f"pid {pid}" if pid else "not started here"
         print(f"  {instance:5} {host.url(instance)}  {state}, API {'answers' if up else 'does not answer'}")
+    for folder, entry in host.extensions().items():
+        where = ", ".join(i for i in INSTANCES if host.has_extension(i, folder)) or "neither instance"
+        print(f"  extension {folder} ({entry['repo']} {entry['commit'][:10]}): {where}")
     print(env_line(host))
 
 
@@ -545,6 +867,16 @@ def parse(argv):
     setup.add_argument("--repos", action="append", default=[], help="a folder of helper git dirs")
     setup.add_argument("--repo", action="append", default=[], metavar="NAME=PATH", help="one helper's git dir")
     setup.add_argument("--python", help="the Python to make the venv with (default: pythonX.Y of the host)")
+    add = commands.add_parser("extensions", help="add extensions to both instances of an installed host")
+    add.set_defaults(func=extensions)
+    add.add_argument("--dest", required=True)
+    add.add_argument("--repos", action="append", default=[], help="a folder of git dirs (as for install)")
+    for sub, required in ((setup, False), (add, True)):
+        sub.add_argument("--extension", action="append", default=[], type=extension_spec, required=required,
+                         metavar="NAME[=GIT_DIR][@COMMIT]",
+                         help="an extension for both instances: GitHub owner/name (or the name part of a known "
+                              f"one: {', '.join(k.split('/')[1] for k in EXTENSIONS)}), its git dir (default: "
+                              "looked up in --repos) and commit (default: the pinned one, else HEAD); repeat for more")
     for name, func, text in (("start", start, "start the instances, wait for their APIs"),
                              ("stop", stop, "stop the instances that start started"),
                              ("status", status, "show the instances and the live suite's environment")):
@@ -561,6 +893,10 @@ def parse(argv):
     commands.choices["start"].add_argument(
         "--flag", action="append", default=[], metavar="FLAG",
         help="a further WebUI flag for both instances, e.g. --flag=--medvram (repeat for more)")
+    commands.choices["start"].add_argument(
+        "--fixtures", metavar="FOLDER",
+        help="the fixture folder under DIR for checkpoints, LoRAs and HF_HOME (default: fixtures; "
+             "fixtures-controlnet: the ControlNet set the ControlNet extension's install made, A1111)")
     commands.choices["start"].add_argument("--timeout", type=float, default=600,
                                            help="seconds to wait for the APIs (default 600)")
     return parser.parse_args(argv)
