@@ -42,6 +42,11 @@ class WeightSwitch(OffSwitch):
         """[(object, attribute, its value with the networks off, or ABSENT)] for patches applied at each forward."""
         raise NotImplementedError
 
+    def merged_state(self):
+        """What identifies the patches merged now where the backup alone does not (it can keep the same
+        tensors when the host merges other strengths), or None."""
+        return None
+
     def low_rank_factors(self, key):
         """[(up, down, alpha, mid, strength)] of the patches merged into weight `key`, or None where one of
         them is not a plain LoRA patch or the patches are not known to be the merged ones."""
@@ -70,8 +75,9 @@ class WeightSwitch(OffSwitch):
         return LowRankTerm(layer, parts)
 
     def _off_layers(self, originals):
-        """One OffLayer per merged layer, made again when the backup holds other tensors."""
-        source = [(key, id(original)) for key, original in originals.items()]
+        """One OffLayer per merged layer, made again when the backup holds other tensors or other patches
+        were merged (LoRA Block Weight merges new strengths mid-sampling)."""
+        source = (self.merged_state(), [(key, id(original)) for key, original in originals.items()])
         if source == self._source:
             return self._offs
         fields = {}

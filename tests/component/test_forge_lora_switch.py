@@ -190,3 +190,23 @@ def test_nothing_patched_means_nothing_to_switch(world):
     with world.switch.networks_off():
         assert torch.equal(world.model(*world.inputs), world.plain(*world.inputs))
     assert world.switch.switches == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", MODES)
+def test_patches_merged_again_mid_sampling_are_followed(tmp_path, mode):
+    """LoRA Block Weight's stop step on Forge: it sets the patches' strengths to 0 in place, refreshes
+    the loader under a renamed key (to force the merge) and puts the old key back."""
+    world = World(kohya(tmp_path, (lambda p, m: write_lora(p, m, LORA_LAYERS), 1.0)), mode)
+    with world.switch.networks_off():
+        world.model(*world.inputs)
+    (file_key, patches), = world.patches.items()
+    for key, entries in patches.items():
+        patches[key] = [[0.0, *entry[1:]] for entry in entries]
+    renamed = (f"{file_key[0]}_0.5", *file_key[1:])
+    world.patches[renamed] = world.patches.pop(file_key)
+    world.loader.refresh(world.patches)
+    world.patches[file_key] = world.patches.pop(renamed)
+    with world.switch.networks_off():
+        base = world.model(*world.inputs)
+    torch.testing.assert_close(base, world.plain(*world.inputs), rtol=1e-4, atol=1e-5)

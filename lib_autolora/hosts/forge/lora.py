@@ -38,6 +38,9 @@ class ForgeLoraSwitch(WeightSwitch):
                                if hasattr(layer, "forge_online_loras"))
         return [(layer, "forge_online_loras", ABSENT) for layer in layers]
 
+    def merged_state(self):
+        return self.model.lora_loader.loaded_hash
+
     def low_rank_factors(self, key):
         if str(list(self._patches.keys())) != self.model.lora_loader.loaded_hash:
             return None
