@@ -112,6 +112,10 @@ class ForgeGeneration(PatcherGeneration):
             return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
         if 1 in args["cond_or_uncond"] and uncond is None:
             return "the base model has no uncond here"
+        options = shared.sd_model.forge_objects.unet.model_options
+        cfg1 = math.isclose(self.host_scale, 1.0) and not options.get("disable_cfg1_optimization", False)
+        if args["cond_or_uncond"] == [0] and uncond is not None and not cfg1:  # the uncond rows ran in a call before
+            return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
         return None
 
     def evaluate_batched(self, run, args):
