@@ -16,6 +16,7 @@ import collections
 import functools
 import gc
 import os
+import sys
 import time
 import types
 import warnings
@@ -27,6 +28,7 @@ ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))  # 
 POINTS = {"setup": "setting up a sampling pass", "base": "the base pass", "lora": "the LoRA pass"}
 
 console_lines = collections.deque(maxlen=50)
+console_said = 0  # console lines since start, kept or not
 counts = collections.Counter()
 
 
@@ -62,9 +64,11 @@ def count(event):
 
 
 def keep_line(line):
-    """Keeps one of AutoLoRA's console lines for the state report."""
+    """Keeps one of AutoLoRA's console lines for the state report (the last 50), and counts them."""
     if ARMED:
+        global console_said
         console_lines.append(line)
+        console_said += 1
 
 
 def add_settings(shared):
@@ -150,6 +154,7 @@ def state(generation_class, callback_map):
             "switch_layers": sum(len(s.ways.ways) for s in switches),
             "switch_bytes": sum(s.held_bytes() for s in switches), "tensors": _tensors(objects, torch),
             "rss": _rss(), "counts": dict(counts), "console": list(console_lines),
+            "console_said": console_said, "argv": sys.argv,
         }
     del objects, generations, switches
     return report
