@@ -105,7 +105,6 @@ def case(request, webui, plain_host):
         if not has_script(instance, title):
             pytest.skip(f"the WebUI at {instance.url} has no {title!r} script: install it in both instances "
                         "(tests/README.md, Extensions)")
-    same_state(webui, plain)
     return merged(BASE, with_tag), merged(BASE, without_tag), plain
 
 
@@ -121,6 +120,7 @@ def guided(payload, **values):
 @pytest.mark.parametrize("case", list(CASES), indirect=True)
 def test_autolora_next_to_the_extension_keeps_the_invariants(webui, case):
     with_tag, without_tag, plain = case
+    same_state(webui, plain)
     reference = repeated(plain, with_tag)
     assert webui.txt2img(with_tag).png == reference.png, "AutoLoRA off must equal the WebUI without it"
     no_lora = repeated(plain, without_tag)
