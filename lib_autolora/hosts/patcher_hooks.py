@@ -170,11 +170,14 @@ def _post_cfg(generation, args):
     return combine(args, generation.step_passes, generation.pass_params, host_scale, generation.evaluate_base)
 
 
+def skips_uncond_at(host_scale, model_options):
+    """Whether the host skips the uncond pass for its scale: at scale 1, unless told not to."""
+    return math.isclose(host_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
+
+
 def uncond_evaluated(args, host_scale):
-    """Whether the host ran the uncond pass: not where it hands no uncond, nor at scale 1 unless told to."""
-    if args["uncond"] is None:
-        return False
-    return not (math.isclose(host_scale, 1.0) and not args["model_options"].get("disable_cfg1_optimization", False))
+    """Whether the host ran the uncond pass: not where it hands no uncond, nor where it skips it."""
+    return args["uncond"] is not None and not skips_uncond_at(host_scale, args["model_options"])
 
 
 def combine(args, passes, params, host_scale, evaluate_base):

@@ -108,14 +108,14 @@ class ForgeGeneration(PatcherGeneration):
             return "online LoRA patches are applied in each forward, not merged into the weights"
         if "control" in args["c"]:
             return "ControlNet computes its control for the host's rows only"
-        if len(conds_list[0]) != 1 or sorted(args["cond_or_uncond"]) not in ([0], [0, 1]):
+        rows = args["cond_or_uncond"]
+        # cond rows alone where the host runs an uncond pass: its uncond rows ran in a call of their own
+        uncond_apart = rows == [0] and uncond is not None and not patcher_hooks.skips_uncond_at(
+            self.host_scale, shared.sd_model.forge_objects.unet.model_options)
+        if len(conds_list[0]) != 1 or sorted(rows) not in ([0], [0, 1]) or uncond_apart:
             return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
-        if 1 in args["cond_or_uncond"] and uncond is None:
+        if 1 in rows and uncond is None:
             return "the base model has no uncond here"
-        options = shared.sd_model.forge_objects.unet.model_options
-        cfg1 = math.isclose(self.host_scale, 1.0) and not options.get("disable_cfg1_optimization", False)
-        if args["cond_or_uncond"] == [0] and uncond is not None and not cfg1:  # the uncond rows ran in a call before
-            return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
         return None
 
     def evaluate_batched(self, run, args):
