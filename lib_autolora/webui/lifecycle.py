@@ -77,8 +77,9 @@ def finish(p, state=None):
     """`postprocess`: print what AutoLoRA did, undo everything. `state`: the WebUI's job state, which
     says whether the user interrupted or skipped. A generation that failed on the way undid its
     changes then and is dropped with its `p`."""
-    generation = p.__dict__.pop(ATTRIBUTE, None)
-    if generation is None or generation.p is not p:  # a copy's reference goes; its owner finishes it
+    generation = generation_of(p)
+    p.__dict__.pop(ATTRIBUTE, None)  # from a copy too: only the reference goes, its owner finishes it
+    if generation is None:
         return
     line = generation.summary()
     if line and settings.console_summary(generation.opts):

@@ -42,7 +42,7 @@ class ForgeLoraSwitch(WeightSwitch):
         return self.model.lora_loader.loaded_hash
 
     def low_rank_factors(self, key):
-        if str(list(self._patches.keys())) != self.model.lora_loader.loaded_hash:
+        if str(list(self._patches.keys())) != self.merged_state():
             return None
         factors = []
         for (_, _, _, online_mode), patches in self._patches.items():
