@@ -10,17 +10,16 @@ from tests.support import fake_forge
 from tests.support.patcher_generation_checks import (
     CFG,
     HR_CFG,
-    PROMPTS,
     SIMPLE_PROMPTS,
     STEPS,
     assert_host_as_before,
     assert_next_generations_as_before,
+    check_an_error_in_the_base_pass,
+    check_an_interrupt,
     drop_modules,
-    fail_at_unet_call,
     generate,
     held_while_sampling_and_after,
     host_state,
-    interrupt_at,
     plain_generations,
     reference,
     unet_calls,
@@ -146,30 +145,13 @@ def test_finish_leaves_the_host_as_it_was(forge, memory):
 
 @pytest.mark.parametrize("memory", MODES)
 def test_an_error_in_the_base_pass_mid_sampling_leaves_the_host_as_it_was(forge, memory, capsys):
-    plain = plain_generations(forge)
-    before = host_state(forge)
-    hook = fail_at_unet_call(forge, 4, RuntimeError("out of memory"))  # step 1: the LoRA call, then the base call
-    with pytest.raises(RuntimeError, match="out of memory"):  # the WebUI skips postprocess
-        generate(forge, [{"gamma": 1.5, "memory": memory}])
-    hook.remove()
-    assert "AutoLoRA: the base pass at step 1 failed" in capsys.readouterr().out
-    assert_host_as_before(forge, before)
-    assert_next_generations_as_before(forge, plain)
+    check_an_error_in_the_base_pass(forge, memory, capsys)
 
 
 @pytest.mark.parametrize("hires", [False, True], ids=["txt2img", "hires"])
 @pytest.mark.parametrize("memory", MODES)
 def test_an_interrupt_leaves_the_host_as_it_was(forge, memory, hires, capsys):
-    plain = plain_generations(forge)
-    before = host_state(forge)
-    interrupt = interrupt_at(forge, 2)
-    run = generate(forge, [{"gamma": 1.5, "memory": memory}], hires=hires, n_iter=2)
-    forge.callbacks.remove(interrupt)
-    forge.state.interrupted = False  # the next job starts afresh
-    assert len(run.samples) == len(PROMPTS), "the second batch must not start"
-    assert "Sampling was interrupted after denoiser step 2" in capsys.readouterr().out
-    assert_host_as_before(forge, before)
-    assert_next_generations_as_before(forge, plain)
+    check_an_interrupt(forge, memory, hires, capsys)
 
 
 # -- 6: nothing held past sampling --

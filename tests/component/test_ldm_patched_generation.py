@@ -15,12 +15,12 @@ from tests.support.patcher_generation_checks import (
     PROMPTS,
     assert_host_as_before,
     assert_next_generations_as_before,
+    check_an_error_in_the_base_pass,
+    check_an_interrupt,
     drop_modules,
-    fail_at_unet_call,
     generate,
     held_while_sampling_and_after,
     host_state,
-    interrupt_at,
     plain_generations,
     reference,
     unet_calls,
@@ -130,30 +130,13 @@ def test_finish_leaves_the_host_as_it_was(reforge, memory):
 @pytest.mark.parametrize("reforge", LOADS.values(), ids=LOADS.keys(), indirect=True)
 @pytest.mark.parametrize("memory", MODES)
 def test_an_error_in_the_base_pass_mid_sampling_leaves_the_host_as_it_was(reforge, memory, capsys):
-    plain = plain_generations(reforge)
-    before = host_state(reforge)
-    hook = fail_at_unet_call(reforge, 4, RuntimeError("out of memory"))  # step 1: the LoRA call, then the base call
-    with pytest.raises(RuntimeError, match="out of memory"):  # the WebUI skips postprocess
-        generate(reforge, [{"gamma": 1.5, "memory": memory}])
-    hook.remove()
-    assert "AutoLoRA: the base pass at step 1 failed" in capsys.readouterr().out
-    assert_host_as_before(reforge, before)
-    assert_next_generations_as_before(reforge, plain)
+    check_an_error_in_the_base_pass(reforge, memory, capsys)
 
 
 @pytest.mark.parametrize("hires", [False, True], ids=["txt2img", "hires"])
 @pytest.mark.parametrize("memory", MODES)
 def test_an_interrupt_leaves_the_host_as_it_was(reforge, memory, hires, capsys):
-    plain = plain_generations(reforge)
-    before = host_state(reforge)
-    interrupt = interrupt_at(reforge, 2)
-    run = generate(reforge, [{"gamma": 1.5, "memory": memory}], hires=hires, n_iter=2)
-    reforge.callbacks.remove(interrupt)
-    reforge.state.interrupted = False  # the next job starts afresh
-    assert len(run.samples) == len(PROMPTS), "the second batch must not start"
-    assert "Sampling was interrupted after denoiser step 2" in capsys.readouterr().out
-    assert_host_as_before(reforge, before)
-    assert_next_generations_as_before(reforge, plain)
+    check_an_interrupt(reforge, memory, hires, capsys)
 
 
 # -- 6: nothing held past sampling --

@@ -9,6 +9,7 @@ import gc
 import importlib
 import sys
 
+import pytest
 import torch
 
 from lib_autolora.webui import lifecycle
@@ -257,3 +258,30 @@ def held_while_sampling_and_after(world, args, **request):
     generate(world, args, scripts=[probe], on_decode=lambda p, samples: after.append(("decode", held(p))), **request)
     world.callbacks.remove(record)
     return while_sampling, after
+
+
+def check_an_error_in_the_base_pass(world, memory, capsys):
+    """An error in the base pass at step 1 fails the generation and leaves the host as it was."""
+    plain = plain_generations(world)
+    before = host_state(world)
+    hook = fail_at_unet_call(world, 4, RuntimeError("out of memory"))  # step 1: the LoRA call, then the base call
+    with pytest.raises(RuntimeError, match="out of memory"):  # the WebUI skips postprocess
+        generate(world, [{"gamma": 1.5, "memory": memory}])
+    hook.remove()
+    assert "AutoLoRA: the base pass at step 1 failed" in capsys.readouterr().out
+    assert_host_as_before(world, before)
+    assert_next_generations_as_before(world, plain)
+
+
+def check_an_interrupt(world, memory, hires, capsys):
+    """An interrupt at step 2 of a batch count of 2 stops the generation and leaves the host as it was."""
+    plain = plain_generations(world)
+    before = host_state(world)
+    interrupt = interrupt_at(world, 2)
+    run = generate(world, [{"gamma": 1.5, "memory": memory}], hires=hires, n_iter=2)
+    world.callbacks.remove(interrupt)
+    world.state.interrupted = False  # the next job starts afresh
+    assert len(run.samples) == len(PROMPTS), "the second batch must not start"
+    assert "Sampling was interrupted after denoiser step 2" in capsys.readouterr().out
+    assert_host_as_before(world, before)
+    assert_next_generations_as_before(world, plain)
