@@ -16,7 +16,7 @@ from tests.support.patcher_generation_checks import (
     assert_next_generations_as_before,
     check_an_error_in_the_base_pass,
     check_an_interrupt,
-    drop_modules,
+    check_gamma_one_is_plain,
     generate,
     held_while_sampling_and_after,
     host_state,
@@ -35,13 +35,8 @@ def forge(monkeypatch, tmp_path, request):
     indirectly with a dtype, the LoRA loader keeps its backups in it (as on another device: AutoLoRA's
     copies of the originals then cost memory, and `auto` takes the lean path)."""
     world = fake_forge.install(monkeypatch, getattr(request, "param", None))
-    world_with_adapter(world, "lib_autolora.hosts.forge.adapter", "ForgeGeneration", tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model's calls gain nothing from more, and lose much on a busy machine
-    yield world
-    torch.set_num_threads(threads)
-    drop_modules(world.adapter_modules)
-    assert not world.callback_errors, "the cfg_denoiser callback raised (the WebUI would only log it)"
+    with world_with_adapter(world, "lib_autolora.hosts.forge.adapter", "ForgeGeneration", tmp_path):
+        yield world
 
 
 # -- 1, 2: gamma 1 and gamma 0 are the plain generations, bit for bit --
@@ -52,12 +47,7 @@ def forge(monkeypatch, tmp_path, request):
                          ids=["w2 follows", "w2 = CFG"])
 def test_gamma_one_with_w2_at_the_cfg_scale_is_plain_lora_generation_and_runs_no_base_pass(forge, args, hires,
                                                                                             n_iter):
-    calls = unet_calls(forge)
-    plain = generate(forge, hires=hires, n_iter=n_iter)
-    plain_calls, calls[:] = list(calls), []
-    run = generate(forge, [args], hires=hires, n_iter=n_iter)
-    assert torch.equal(run.samples, plain.samples)
-    assert calls == plain_calls, "gamma 1 ran model calls the plain generation does not"
+    check_gamma_one_is_plain(forge, args, hires, n_iter)
 
 
 @pytest.mark.parametrize("hires, n_iter", [(False, 1), (True, 2)], ids=["txt2img", "hires, batch count 2"])

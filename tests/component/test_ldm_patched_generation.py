@@ -17,13 +17,12 @@ from tests.support.patcher_generation_checks import (
     assert_next_generations_as_before,
     check_an_error_in_the_base_pass,
     check_an_interrupt,
-    drop_modules,
+    check_gamma_one_is_plain,
     generate,
     held_while_sampling_and_after,
     host_state,
     plain_generations,
     reference,
-    unet_calls,
     world_with_adapter,
 )
 
@@ -38,13 +37,8 @@ def reforge(monkeypatch, tmp_path, request):
     """The stand-in reForge with the adapter imported against it and the LoRA file `style`. Parametrized
     indirectly with fake_reforge.install's options (`backup_dtype`, `inplace`, `low_vram_layers`)."""
     world = fake_reforge.install(monkeypatch, **getattr(request, "param", {}))
-    world_with_adapter(world, "lib_autolora.hosts.ldm_patched.adapter", "LdmPatchedGeneration", tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model's calls gain nothing from more, and lose much on a busy machine
-    yield world
-    torch.set_num_threads(threads)
-    drop_modules(world.adapter_modules)
-    assert not world.callback_errors, "the cfg_denoiser callback raised (the WebUI would only log it)"
+    with world_with_adapter(world, "lib_autolora.hosts.ldm_patched.adapter", "LdmPatchedGeneration", tmp_path):
+        yield world
 
 
 # -- 1, 2: gamma 1 and gamma 0 are the plain generations, bit for bit --
@@ -55,12 +49,7 @@ def reforge(monkeypatch, tmp_path, request):
                          ids=["w2 follows", "w2 = CFG"])
 def test_gamma_one_with_w2_at_the_cfg_scale_is_plain_lora_generation_and_runs_no_base_pass(reforge, args, hires,
                                                                                             n_iter):
-    calls = unet_calls(reforge)
-    plain = generate(reforge, hires=hires, n_iter=n_iter)
-    plain_calls, calls[:] = list(calls), []
-    run = generate(reforge, [args], hires=hires, n_iter=n_iter)
-    assert torch.equal(run.samples, plain.samples)
-    assert calls == plain_calls, "gamma 1 ran model calls the plain generation does not"
+    check_gamma_one_is_plain(reforge, args, hires, n_iter)
 
 
 @pytest.mark.parametrize("reforge", LOADS.values(), ids=LOADS.keys(), indirect=True)

@@ -4,6 +4,7 @@ script in it (the hooks of scripts/autolora.py, through lib_autolora.webui.lifec
 that computes AutoLoRA's result from its definition on separately run models, and the host's state
 that must be as it was after a generation."""
 import collections
+import contextlib
 import copy
 import gc
 import importlib
@@ -36,10 +37,11 @@ def drop_modules(names):
             delattr(sys.modules[parent], child)
 
 
+@contextlib.contextmanager
 def world_with_adapter(world, adapter, class_name, tmp_path):
     """The installed stand-in with the adapter imported against it (modules that import the WebUI's
     dropped first), the script's callback registered and the LoRA file `style` on the UNet and text
-    encoder. Call `drop_modules(world.adapter_modules)` when done."""
+    encoder; one torch thread while it is used, the adapter dropped again afterwards."""
     world.adapter_modules = COMMON_MODULES + (adapter,)
     drop_modules(world.adapter_modules)
     world.generation_class = getattr(importlib.import_module(adapter), class_name)
@@ -47,7 +49,12 @@ def world_with_adapter(world, adapter, class_name, tmp_path):
     world.on_cfg_denoiser(lifecycle.on_cfg_denoiser)  # as scripts/autolora.py does
     world.networks.files["style"] = write_lora(tmp_path / "style.safetensors", webui.lora_container(world.sd_model),
                                                LORA_FILE_LAYERS)
-    return world
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's calls gain nothing from more, and lose much on a busy machine
+    yield world
+    torch.set_num_threads(threads)
+    drop_modules(world.adapter_modules)
+    assert not world.callback_errors, "the cfg_denoiser callback raised (the WebUI would only log it)"
 
 
 class AutoLoraScript:
@@ -285,3 +292,13 @@ def check_an_interrupt(world, memory, hires, capsys):
     assert "Sampling was interrupted after denoiser step 2" in capsys.readouterr().out
     assert_host_as_before(world, before)
     assert_next_generations_as_before(world, plain)
+
+
+def check_gamma_one_is_plain(world, args, hires, n_iter):
+    """gamma 1 with w2 at the CFG scale: plain LoRA generation bit for bit, with no model call of its own."""
+    calls = unet_calls(world)
+    plain = generate(world, hires=hires, n_iter=n_iter)
+    plain_calls, calls[:] = list(calls), []
+    run = generate(world, [args], hires=hires, n_iter=n_iter)
+    assert torch.equal(run.samples, plain.samples)
+    assert calls == plain_calls, "gamma 1 ran model calls the plain generation does not"
