@@ -189,9 +189,10 @@ def test_requirements_read_from_the_extensions_own_files(tmp_path):
                                              '\n[tool.ruff]\nselect = ["B"]\n')
     assert webui_host.pyproject_requirements(tmp_path) == ["send2trash~=1.8",
                                                            "dynamicprompts[attentiongrabber,magicprompt]~=0.31.0"]
-    (tmp_path / "requirements.txt").write_text("fvcore\n# preprocessors\ntimm<=0.9.5\n\ntorch\n")
-    assert webui_host.controlnet_requirements(tmp_path)[-1] == "onnxruntime"
-    assert webui_host.requirements_txt(tmp_path) == ["fvcore", "timm<=0.9.5"]  # an unknown one: no torch
+    (tmp_path / "requirements.txt").write_text("fvcore\nmediapipe\n# preprocessors\ntimm<=0.9.5\n\ntorch\n")
+    assert webui_host.controlnet_requirements(tmp_path) == ["fvcore", "mediapipe>=0.10.13,<=0.10.15", "timm<=0.9.5",
+                                                            "torch", "onnxruntime"]
+    assert webui_host.requirements_txt(tmp_path) == ["fvcore", "mediapipe", "timm<=0.9.5"]  # an unknown one: no torch
     assert webui_host.requirements_txt(tmp_path / "none") == []
 
 

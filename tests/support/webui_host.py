@@ -2,7 +2,7 @@
 """Install and run a WebUI host for the live tests (tests/live), offline, on a CPU.
 
     python tests/support/webui_host.py install --host a1111|forge|reforge|classic|forge2 --source GIT_DIR_OR_TREE
-        --dest DIR [--family sd1[,sdxl,sd3]] [--commit REV] [--repos FOLDER ...] [--repo NAME=PATH ...]
+        --dest DIR [--family sd1[,sdxl,sd3,flux,chroma]] [--commit REV] [--repos FOLDER ...] [--repo NAME=PATH ...]
         [--python PYTHON] [--extension NAME[=GIT_DIR][@COMMIT] ...]
     python tests/support/webui_host.py extensions --dest DIR --extension NAME[=GIT_DIR][@COMMIT] ...
         [--repos FOLDER ...]
@@ -496,13 +496,19 @@ def pyproject_requirements(folder):
         return re.findall(r'"([^"]+)"', listed)
 
 
+MEDIAPIPE = "mediapipe>=0.10.13,<=0.10.15"
+
+
 def controlnet_requirements(folder):
     """Mikubill's install.py: every line of requirements.txt, then onnxruntime (not -gpu: no CUDA here).
     Its other installs need GitHub (release wheels of handrefinerportable, depth_anything,
     depth_anything_v2 and dsine; insightface only on Windows): left out, as install.py leaves a failed
     one out ("some preprocessors may not work"); none of them is needed to load."""
     lines = (folder / "requirements.txt").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")] + ["onnxruntime"]
+    wanted = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")] + ["onnxruntime"]
+    # its unpinned mediapipe takes the newest, which has no `mediapipe.solutions`: controlnet_aux fails to
+    # import and the extension does not load ("Script 'controlnet' not found"); ADetailer's range has them
+    return [MEDIAPIPE if line == "mediapipe" else line for line in wanted]
 
 
 def requirements_txt(folder):
@@ -677,8 +683,12 @@ def install_extensions(host, args):
     for entry, checkout in added.values():
         requirements += EXTENSIONS.get(entry["repo"], {}).get("requirements", requirements_txt)(checkout)
     if requirements:
-        constraints = host.dest / "torch-constraints.txt"
-        constraints.write_text("\n".join(host.spec["torch"]) + "\n")
+        # the WebUI's torch and NumPy stay: ControlNet's newest OpenCV wheels pull NumPy 2, which A1111's
+        # torch 2.1 cannot use ("Numpy is not available")
+        numpy = subprocess.run([host.python, "-c", "import numpy; print(numpy.__version__)"], check=True,
+                               capture_output=True, text=True).stdout.strip()
+        constraints = host.dest / "extension-constraints.txt"
+        constraints.write_text("\n".join([*host.spec["torch"], f"numpy=={numpy}"]) + "\n")
         run([host.python, "-m", "pip", "install", "-c", constraints, *requirements])
     for folder, (entry, checkout) in added.items():
         for prepare in EXTENSIONS.get(entry["repo"], {}).get("prepare", []):
@@ -712,6 +722,10 @@ def install(args):
     host = Host(args.dest, args.host)
     if host.dest == PROJECT or PROJECT in host.dest.parents:
         sys.exit("webui_host: --dest must be outside this project")
+    neo_only = sorted(set(args.family.split(",")) & {"flux", "chroma"})
+    if neo_only and args.host != "forge2":
+        sys.exit(f"webui_host: the {'/'.join(neo_only)} fixtures have one double and one single block, which only "
+                 "the Forge Neo line (--host forge2) counts; Forge dfdcbab builds Flux with 19 and 38")
     host.dest.mkdir(parents=True, exist_ok=True)
     host.record.write_text(json.dumps({"host": host.kind, "source": str(Path(args.source).resolve()),
                                        "commit": args.commit or host.spec["commit"], "family": args.family},
@@ -861,8 +875,9 @@ def parse(argv):
     setup.add_argument("--source", required=True, help="the WebUI: a bare git dir or a work tree")
     setup.add_argument("--dest", required=True, help="the folder to install into (outside this project)")
     setup.add_argument("--family", type=families, default="sd1",
-                       help="model families of the fixtures, comma-separated, of sd1,sdxl,sd3 (default: sd1 only, "
-                            "to keep the install small and quick; sdxl adds 0.2 GB (A1111) to 2 GB (Forge types))")
+                       help="model families of the fixtures, comma-separated, of sd1,sdxl,sd3,flux,chroma (default: "
+                            "sd1 only, to keep the install small and quick; sdxl adds 0.2 GB (A1111) to 2 GB (Forge "
+                            "types); flux (3.2 GB) and chroma (1.8 GB): --host forge2 only)")
     setup.add_argument("--commit", help="WebUI commit to check out (default: the host's pinned one)")
     setup.add_argument("--repos", action="append", default=[], help="a folder of helper git dirs")
     setup.add_argument("--repo", action="append", default=[], metavar="NAME=PATH", help="one helper's git dir")
