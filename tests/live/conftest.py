@@ -45,7 +45,8 @@ class Host:
         self.loaded = None
 
     def checkpoint(self, family):
-        return next((t for t in self.titles if t.startswith(names.CHECKPOINTS[family])), None)
+        # by the name and its extension: autolora-flux-1d1s is also the start of autolora-flux-1d1s-fp8
+        return next((t for t in self.titles if t.startswith(tuple(f"{n}." for n in names.CHECKPOINTS[family]))), None)
 
     def use(self, family):
         title = self.checkpoint(family)

@@ -13,8 +13,15 @@ CFG = 7.0
 FORGE_HIRES_FIELDS = {"hr_cfg": CFG, "hr_additional_modules": ["Use same choices"]}
 BASE = dict(prompt="a photo of a cat", negative_prompt="blurry, dark", seed=1234, steps=8, cfg_scale=CFG,
             width=64, height=64, sampler_name="Euler a", batch_size=1, n_iter=1)
-# Forge's "Automatic" schedule ends SD3's flow sigmas in 0, 0 (NaN images); A1111 takes any
-FAMILY_FIELDS = {"sd3": {"scheduler": "Simple"}}
+# Forge's "Automatic" schedule ends SD3's flow sigmas in 0, 0 (NaN images); A1111 takes any. Flux-dev runs
+# at CFG Scale 1 (no negative pass) with its distilled guidance, Chroma with a real CFG; 4 steps of Euler
+# keep their 3072-wide transformer quick on a CPU
+FLOW = {"scheduler": "Simple", "sampler_name": "Euler", "steps": 4}
+FAMILY_FIELDS = {"sd3": {"scheduler": "Simple"}, "flux": {**FLOW, "cfg_scale": 1.0, "distilled_cfg_scale": 3.5},
+                 "chroma": {**FLOW, "cfg_scale": 4.0}}
+# a scenario's fields that differ per family: Flux's hires pass at CFG Scale 1 too
+SCENARIO_FIELDS = {("flux", "hires_fix"): {"hr_cfg": 1.0, "hr_distilled_cfg": 3.5},
+                   ("chroma", "hires_fix"): {"hr_cfg": 4.0}}
 
 
 def base(family):
@@ -58,6 +65,7 @@ SCENARIOS = {
     "empty_negative": ("txt2img", {"negative_prompt": ""}),
     "long_prompt_short_negative": ("txt2img", {"prompt": ", ".join(["a very detailed photo of a cat"] * 14)}),
     "ngms_skipped_uncond": ("txt2img", {"s_min_uncond": 4.0}),
+    "real_cfg": ("txt2img", {"cfg_scale": 3.0}),  # Flux-dev with a negative pass, as Forge allows
     "hires_fix": ("txt2img", {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.6,
                               "hr_second_pass_steps": 4, **FORGE_HIRES_FIELDS}),
     "img2img": ("img2img", {"init_images": [init_image()], "denoising_strength": 0.7}),
@@ -71,8 +79,8 @@ SCENARIOS = {
 
 
 def two_loras(family):
-    """The family's full LoRA and its UNet-only one, at different weights."""
-    return (names.LORAS[family][0], 0.6), (names.LORAS[family][2], 1.3)
+    """The family's full LoRA and its UNet-only one (Chroma: its PEFT-layout one), at different weights."""
+    return (names.LORAS[family][0], 0.6), (names.LORAS[family][2 if len(names.LORAS[family]) > 2 else 1], 1.3)
 
 
 def case(family, scenario, loras):
@@ -99,8 +107,21 @@ def sd3_cases():
     return [case("sd3", mode, lora) for mode in ("euler_a", "img2img", "and_prompt", "prompt_editing")]
 
 
-CASES = ([case("sd1", scenario, ((lora, 1),)) for lora in LORAS for scenario in SCENARIOS]
-         + [case("sd1", "euler_a", two_loras("sd1"))] + sdxl_cases() + sd3_cases())
+def flux_cases():
+    """Flux-dev (Eq. 6 of the paper at CFG Scale 1, and with a real CFG) and Chroma (the full formula): the
+    main modes with the LoRA on the transformer (and Flux's CLIP-L), each LoRA layout on txt2img, two LoRAs."""
+    modes = ("euler_a", "img2img", "hires_fix", "batch_2_count_2")
+    cases = []
+    for family in ("flux", "chroma"):
+        full = ((names.LORAS[family][0], 1),)
+        cases += [case(family, mode, full) for mode in modes + (("real_cfg",) if family == "flux" else ())]
+        cases += [case(family, "euler_a", ((lora, 1),)) for lora in names.LORAS[family][1:]]
+        cases.append(case(family, "euler_a", two_loras(family)))
+    return cases
+
+
+CASES = ([case("sd1", scenario, ((lora, 1),)) for lora in LORAS for scenario in SCENARIOS if scenario != "real_cfg"]
+         + [case("sd1", "euler_a", two_loras("sd1"))] + sdxl_cases() + sd3_cases() + flux_cases())
 
 
 def generate(webui, kind, payload):
@@ -151,23 +172,27 @@ def check_invariants(webui, kind, payload, loras):
     no_tag = generate(webui, kind, payload)
     assert max_difference(plain_lora, no_tag) > 0, f"{loras} must change the image"
 
+    cfg = payload["cfg_scale"]
     # (b) gamma 1, w2 = CFG scale: plain LoRA generation
-    gamma_one = generate(webui, kind, {**tagged, "alwayson_scripts": autolora(gamma=1.0, lora_cfg=CFG)})
+    gamma_one = generate(webui, kind, {**tagged, "alwayson_scripts": autolora(gamma=1.0, lora_cfg=cfg)})
     assert max_difference(gamma_one, plain_lora) == 0
     # (c) gamma 0, w1 = CFG scale, base text encoder on: the prompt without the LoRA tag
-    gamma_zero = generate(webui, kind, {**tagged, "alwayson_scripts": autolora(gamma=0.0, base_cfg=CFG)})
+    gamma_zero = generate(webui, kind, {**tagged, "alwayson_scripts": autolora(gamma=0.0, base_cfg=cfg)})
     assert max_difference(gamma_zero, no_tag) == 0
-    # (d) gamma 1.5 differs from both and the infotext carries the settings
-    guided = generate(webui, kind, {**tagged, "alwayson_scripts": autolora(gamma=1.5, base_cfg=5.0)})
+    # (d) gamma 1.5 differs from both and the infotext carries the settings; at CFG Scale 1 (Flux-dev) there
+    # is no negative pass for a w1 of its own: base + gamma * (lora - base), with gamma 2 to show in the infotext
+    values, shown = ({"gamma": 2.0}, "AutoLoRA gamma: 2.0") if cfg == 1 else ({"gamma": 1.5, "base_cfg": 5.0},
+                                                                              "AutoLoRA w1: 5.0")
+    guided = generate(webui, kind, {**tagged, "alwayson_scripts": autolora(**values)})
     assert max_difference(guided, plain_lora) > 0
     assert max_difference(guided, no_tag) > 0
-    assert all("AutoLoRA: True" in text and "AutoLoRA w1: 5.0" in text for text in guided.infotexts)
+    assert all("AutoLoRA: True" in text and shown in text for text in guided.infotexts)
 
 
 @pytest.mark.parametrize("family, scenario, loras", CASES)
 def test_b_c_d_invariants(webui, family, scenario, loras):
     kind, overrides = SCENARIOS[scenario]
-    check_invariants(webui, kind, {**base(family), **overrides}, loras)
+    check_invariants(webui, kind, {**base(family), **overrides, **SCENARIO_FIELDS.get((family, scenario), {})}, loras)
 
 
 @pytest.mark.parametrize("family, lora", [*(("sd1", lora) for lora in LORAS), ("sdxl", names.LORAS["sdxl"][0])])
