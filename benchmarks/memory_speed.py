@@ -12,7 +12,7 @@ and AutoLoRA's network switch, sampled with Euler and CFG as the WebUIs do:
 End to end, through a running WebUI's API (`--log` its console output for the held memory, `--pid` its
 process for peak RSS):
 
-    python benchmarks/memory_speed.py --url http://127.0.0.1:7860 --lora NAME [--log FILE] [--pid PID]
+    python benchmarks/memory_speed.py --url http://127.0.0.1:7860 --lora NAME [--log FILE] [--pid PID] [--fields JSON]
 
 End to end, each variant's request is sent twice in a row and the second one timed (a WebUI redoes work
 when the settings change: merges LoRA again, encodes the prompt again), and its ratio is to the plain
@@ -27,6 +27,7 @@ torch.cuda.max_memory_allocated on CUDA); and one network switch's time (off and
 import argparse
 import contextlib
 import gc
+import json
 import os
 import re
 import statistics
@@ -233,7 +234,7 @@ def live(args):
     from tests.live.webui import WebUI
     webui = WebUI(args.url)
     payload = dict(prompt=f"a photo of a cat <lora:{args.lora}:1>", negative_prompt="blurry", seed=1, steps=args.steps,
-                   cfg_scale=CFG, width=args.size, height=args.size, sampler_name="Euler")
+                   cfg_scale=CFG, width=args.size, height=args.size, sampler_name="Euler", **json.loads(args.fields))
     runs = [("-", "plain LoRA", None)] + [(mode, name, params) for mode in args.modes.split(",")
                                           for name, params in VARIANTS.items() if params is not None]
     clock = _process_seconds if args.pid else (lambda pid: time.perf_counter())
@@ -259,7 +260,8 @@ def live(args):
                 pairs[key].append((seconds, timed[("-", "plain LoRA")]))
     plain_peak = stats[("-", "plain LoRA")][1]
     what = "the WebUI process's CPU time" if args.pid else "wall time"
-    print(f"{args.url}, LoRA {args.lora}, {args.size}x{args.size}, {args.steps} Euler steps, CFG {CFG}, median of "
+    print(f"{args.url}, LoRA {args.lora}, {args.size}x{args.size}, {args.steps} Euler steps, CFG {payload['cfg_scale']}"
+          f"{', ' + args.fields if args.fields != '{}' else ''}, median of "
           f"{args.repeats} requests, {what} per step (the request's text encoding and decoding included)")
     print(HEADER)
     for (mode, name), values in pairs.items():
@@ -319,6 +321,8 @@ def main():
     parser.add_argument("--paths", action="store_true", help="print each variant's path (ways of the layers)")
     parser.add_argument("--lora", default="autolora_test_lora", help="end to end: the LoRA's name")
     parser.add_argument("--size", type=int, default=256, help="end to end: image size")
+    parser.add_argument("--fields", default="{}", help="end to end: further request fields as JSON, e.g. Flux-dev's "
+                        '\'{"cfg_scale": 1, "distilled_cfg_scale": 3.5, "scheduler": "Simple"}\'')
     parser.add_argument("--log", help="end to end: the WebUI's console output, for the held memory")
     parser.add_argument("--pid", type=int, help="end to end: the WebUI's process id, for its peak RSS")
     args = parser.parse_args()
