@@ -33,6 +33,7 @@ class WeightSwitch(OffSwitch):
         super().__init__(mode)
         self.model = model  # the torch module the backup's keys are relative to
         self._offs, self._source = [], None  # the OffLayers and the backup entries they were made for
+        self.online_off = 0  # the most per-forward patches one switch took off (for the console)
 
     def originals(self):
         """{parameter key: original tensor} for every weight merged now."""
@@ -55,6 +56,13 @@ class WeightSwitch(OffSwitch):
     def release(self):
         super().release()
         self._offs, self._source = [], None
+
+    def describe(self):
+        merged = super().describe()
+        if not self.online_off:
+            return merged
+        online = f"on-the-fly LoRA taken off {self.online_off} layers"
+        return f"{merged}, {online}" if merged else online
 
     def merged_everywhere(self):
         """Whether every patch is merged into the weights (none is applied at each forward)."""
@@ -116,6 +124,7 @@ class WeightSwitch(OffSwitch):
                 undo_online.append((obj, name, obj.__dict__.get(name, ABSENT)))
                 _assign(obj, name, off)
             self.switches += 1
+            self.online_off = max(self.online_off, len(online))
             self.switch_seconds += time.perf_counter() - started
             yield
         finally:

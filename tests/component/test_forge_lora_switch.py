@@ -80,7 +80,8 @@ def test_originals_on_the_same_device_are_used_as_they_are_and_diffs_take_them_i
             current = get_attr(world.model, key)
             assert current.data_ptr() == world.loader.backup[key].data_ptr()
     assert world.switch.held_bytes() == 0
-    assert world.switch.describe().endswith(f"(copies of {len(MERGED)})")
+    online = f"on-the-fly LoRA taken off {len(ONLINE)} layers"
+    assert world.switch.describe().endswith(f"(copies of {len(MERGED)}), {online}")
 
 
 @pytest.mark.parametrize("error", [RuntimeError("out of memory"), KeyboardInterrupt()])
