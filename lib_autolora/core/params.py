@@ -1,5 +1,7 @@
 """The one parameters type of AutoLoRA, shared by the UI, the API, infotext and scripts.
 
+Everything about a parameter is said once, on its `Field` in FIELDS; the parameters type, the API's
+aliases, infotext, the hires pass, the X/Y/Z axes, the settings and the accordion derive from them.
 Positional order (UI components and the API's `args` list) is the order of FIELDS.
 """
 import dataclasses
@@ -7,6 +9,10 @@ import math
 
 INFOTEXT_ENABLED = "AutoLoRA"
 MEMORY_MODES = ("auto", "lean", "fast")
+
+
+CFG_SCALE = ("cfg_scale", "CFG Scale")  # a control of the generation: its elem id after the tab's, its label
+HIRES_CFG_SCALE = ("hr_cfg", "Hires CFG Scale")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,19 +26,18 @@ class Field:
     hint: str = ""
     choices: tuple = ()
     step: float = None  # UI slider step
+    follows: tuple = ()  # the generation's controls a 0 (None) value follows, first found wins; () = none
+    aliases: tuple = ()  # API keys that name it too
+    hires_of: str = None  # the field whose value this one replaces in the hires. fix pass (with its own values)
+    axis: str = None     # X/Y/Z plot axis label; None = no axis
 
     @property
     def is_bool(self):
         return isinstance(self.default, bool)
 
-    @property
-    def follows_cfg(self):
-        """CFG fields: None (0 in the UI) means "use the generation's CFG scale"."""
-        return self.name.endswith("_cfg")
-
     def ui_form(self, value):
-        """A value as the UI shows it: a CFG scale that follows the generation's is 0 there."""
-        return 0.0 if self.follows_cfg and value is None else value
+        """A value as the UI shows it: a scale that follows the generation's is 0 there."""
+        return 0.0 if self.follows and value is None else value
 
     @property
     def kind(self):
@@ -46,44 +51,57 @@ class Field:
         if self.is_bool:
             return "true or false"
         text = f"a number from {self.minimum:g} to {self.maximum:g}"
-        return text + " (0 or null = use the CFG Scale)" if self.follows_cfg else text
+        return text + " (0 or null = use the CFG Scale)" if self.follows else text
 
 
 FIELDS = (
-    Field("enabled", "Enable AutoLoRA", INFOTEXT_ENABLED, False,
+    Field("enabled", "Enable AutoLoRA", INFOTEXT_ENABLED, False, axis="Enabled",
           hint="Guide the LoRA model with the model without the prompt's LoRA networks."),
-    Field("gamma", "AutoLoRA scale (gamma)", "AutoLoRA gamma", 1.5, 0.0, 10.0, step=0.05,
+    Field("gamma", "AutoLoRA scale (gamma)", "AutoLoRA gamma", 1.5, 0.0, 10.0, step=0.05, axis="Gamma",
           hint="0 = model without LoRA, 1 = plain LoRA generation, above 1 pushes away from the "
                "base model (more variety). Paper default 1.5."),
-    Field("base_cfg", "Base CFG (w1)", "AutoLoRA w1", None, 0.0, 30.0, step=0.5,
+    Field("base_cfg", "Base CFG (w1)", "AutoLoRA w1", None, 0.0, 30.0, step=0.5, follows=(CFG_SCALE,),
+          aliases=("w1",), axis="Base CFG (w1)",
           hint="CFG scale of the model without LoRA. 0 = use the CFG Scale of the generation."),
-    Field("lora_cfg", "LoRA CFG (w2)", "AutoLoRA w2", None, 0.0, 30.0, step=0.5,
+    Field("lora_cfg", "LoRA CFG (w2)", "AutoLoRA w2", None, 0.0, 30.0, step=0.5, follows=(CFG_SCALE,),
+          aliases=("w2",), axis="LoRA CFG (w2)",
           hint="CFG scale of the LoRA model. 0 = use the CFG Scale of the generation."),
-    Field("start", "Start", "AutoLoRA start", 0.0, 0.0, 1.0, step=0.01,
+    Field("start", "Start", "AutoLoRA start", 0.0, 0.0, 1.0, step=0.01, axis="Start",
           hint="Fraction of sampling where AutoLoRA starts; before it, plain LoRA generation with w2."),
-    Field("end", "End", "AutoLoRA end", 1.0, 0.0, 1.0, step=0.01,
+    Field("end", "End", "AutoLoRA end", 1.0, 0.0, 1.0, step=0.01, axis="End",
           hint="Fraction of sampling where AutoLoRA ends; after it, plain LoRA generation with w2."),
     Field("base_text_encoder", "Base uses the text encoder without LoRA", "AutoLoRA base TE", True,
           hint="Encode the prompt for the base model with the text encoder's LoRA switched off."),
-    Field("hires", "Hires. fix pass", "AutoLoRA hires", "same", choices=("same", "own", "off"),
+    Field("hires", "Hires. fix pass", "AutoLoRA hires", "same", choices=("same", "own", "off"), axis="Hires. fix pass",
           hint="same = the values above; own = the hires values below; off = plain LoRA generation."),
-    Field("hires_gamma", "Hires gamma", "AutoLoRA hires gamma", 1.5, 0.0, 10.0, step=0.05,
+    Field("hires_gamma", "Hires gamma", "AutoLoRA hires gamma", 1.5, 0.0, 10.0, step=0.05, hires_of="gamma",
+          axis="Hires gamma",
           hint="AutoLoRA scale of the hires. fix pass (when the hires. fix pass has its own values)."),
     Field("hires_base_cfg", "Hires base CFG (w1)", "AutoLoRA hires w1", None, 0.0, 30.0, step=0.5,
+          follows=(HIRES_CFG_SCALE, CFG_SCALE), aliases=("hires_w1",), hires_of="base_cfg", axis="Hires base CFG (w1)",
           hint="Base CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
     Field("hires_lora_cfg", "Hires LoRA CFG (w2)", "AutoLoRA hires w2", None, 0.0, 30.0, step=0.5,
+          follows=(HIRES_CFG_SCALE, CFG_SCALE), aliases=("hires_w2",), hires_of="lora_cfg", axis="Hires LoRA CFG (w2)",
           hint="LoRA CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
-    Field("memory", "Memory", "AutoLoRA memory", "auto", choices=MEMORY_MODES,
+    Field("memory", "Memory", "AutoLoRA memory", "auto", choices=MEMORY_MODES, axis="Memory",
           hint="How the base pass gets the layers without LoRA. lean = no copy: it subtracts the LoRA's low-rank "
                "term (LoRA, LoCon); fast = a copy of the LoRA'd layers on the model's device for the generation; "
                "auto = fast where the device has room for the copy, else lean."),
-    Field("batched", "Both passes in one batch", "AutoLoRA batched", False,
+    Field("batched", "Both passes in one batch", "AutoLoRA batched", False, axis="Batched",
           hint="Evaluate the base and LoRA rows of a step in one model call (the lean path); can be faster on a "
                "device with room to spare (small images, batch 1)."),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-ALIASES = {"w1": "base_cfg", "w2": "lora_cfg", "hires_w1": "hires_base_cfg", "hires_w2": "hires_lora_cfg"}
-HIRES_FIELDS = ("hires_gamma", "hires_base_cfg", "hires_lora_cfg")
+
+
+def fields_but_enabled(fields=FIELDS):
+    """The settings the enable flag switches on: every field but it (found by name, not by place)."""
+    return tuple(f for f in fields if f.name != "enabled")
+
+
+def api_aliases(fields=FIELDS):
+    """API alias -> the name of the field it names."""
+    return {alias: f.name for f in fields for alias in f.aliases}
 
 
 class AutoLoraParamError(ValueError):
@@ -117,7 +135,7 @@ def _parse_choice(field, value):
 
 
 def _parse_number(field, value):
-    if field.follows_cfg and value is None:
+    if field.follows and value is None:
         return None
     number = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -132,7 +150,7 @@ def _parse_number(field, value):
             pass
     if number is None or not math.isfinite(number) or not field.minimum <= number <= field.maximum:
         raise _bad(field, value)
-    if field.follows_cfg and number == 0:
+    if field.follows and number == 0:
         return None
     return number
 
@@ -141,14 +159,15 @@ def parse_value(field, value):
     return {"bool": _parse_bool, "choice": _parse_choice, "number": _parse_number}[field.kind](field, value)
 
 
-def _named_values(named):
-    """Named values (keys of FIELDS or ALIASES) by field name; `enabled` defaults to true there,
+def _named_values(named, fields):
+    """Named values (field names or their API aliases) by field name; `enabled` defaults to true there,
     since sending settings means asking for AutoLoRA."""
+    names, aliases = {f.name for f in fields}, api_aliases(fields)
     values, keys = {}, {}
     for key, value in named.items():
-        name = ALIASES.get(key, key)
-        if name not in FIELDS_BY_NAME:
-            allowed = ", ".join(list(FIELDS_BY_NAME) + list(ALIASES))
+        name = aliases.get(key, key)
+        if name not in names:
+            allowed = ", ".join([f.name for f in fields] + list(aliases))
             raise AutoLoraParamError(f"AutoLoRA: unknown key {shown(key)}; allowed keys: {allowed}")
         if name in keys:
             raise AutoLoraParamError(f"AutoLoRA: {name} is given twice, as {keys[name]!r} and {key!r}")
@@ -156,24 +175,17 @@ def _named_values(named):
     return values
 
 
-@dataclasses.dataclass(frozen=True)
-class AutoLoraParams:
-    enabled: bool = False
-    gamma: float = 1.5
-    base_cfg: float = None
-    lora_cfg: float = None
-    start: float = 0.0
-    end: float = 1.0
-    base_text_encoder: bool = True
-    hires: str = "same"
-    hires_gamma: float = 1.5
-    hires_base_cfg: float = None
-    hires_lora_cfg: float = None
-    memory: str = "auto"
-    batched: bool = False
+def _enabled_field(fields):
+    return next(f for f in fields if f.name == "enabled")
+
+
+class ParamsMethods:
+    """What the parameters type does; `params_type` makes the frozen dataclass of a field list on it,
+    with `FIELDS` that list (its attributes, defaults and positional order)."""
+    FIELDS = ()
 
     def __post_init__(self):
-        for field in FIELDS:
+        for field in self.FIELDS:
             object.__setattr__(self, field.name, parse_value(field, getattr(self, field.name)))
         if self.start >= self.end:
             raise AutoLoraParamError(
@@ -185,16 +197,16 @@ class AutoLoraParams:
         `args` list, or one object of named values first (the rest, the UI's defaults, is ignored).
         `defaults` (name -> value) replace built-in defaults, `overrides` (name -> value, an X/Y/Z
         cell's) replace given values. Disabled settings are not checked."""
-        args = list(args)
+        fields, args = cls.FIELDS, list(args)
         if args and isinstance(args[0], dict):
-            values = {**(defaults or {}), "enabled": True, **_named_values(args[0])}
-        elif len(args) > len(FIELDS):
-            names = ", ".join(f.name for f in FIELDS)
-            raise AutoLoraParamError(f"AutoLoRA: expected at most {len(FIELDS)} values ({names}), got {len(args)}")
+            values = {**(defaults or {}), "enabled": True, **_named_values(args[0], fields)}
+        elif len(args) > len(fields):
+            names = ", ".join(f.name for f in fields)
+            raise AutoLoraParamError(f"AutoLoRA: expected at most {len(fields)} values ({names}), got {len(args)}")
         else:
-            values = {**(defaults or {}), **{field.name: value for field, value in zip(FIELDS, args)}}
+            values = {**(defaults or {}), **{field.name: value for field, value in zip(fields, args)}}
         values.update(overrides or {})
-        return cls(**values) if parse_value(FIELDS[0], values.get("enabled", False)) else cls()
+        return cls(**values) if parse_value(_enabled_field(fields), values.get("enabled", False)) else cls()
 
     def for_pass(self, is_hires):
         """The settings of one sampling pass, or None where AutoLoRA is off for it."""
@@ -202,12 +214,11 @@ class AutoLoraParams:
             return self
         if self.hires == "off":
             return None
-        return dataclasses.replace(self, gamma=self.hires_gamma, base_cfg=self.hires_base_cfg,
-                                   lora_cfg=self.hires_lora_cfg)
+        return dataclasses.replace(self, **{f.hires_of: getattr(self, f.name) for f in self.FIELDS if f.hires_of})
 
     def to_args(self):
         """Positional values in UI form (0 for a CFG scale that follows the generation's)."""
-        return [f.ui_form(getattr(self, f.name)) for f in FIELDS]
+        return [f.ui_form(getattr(self, f.name)) for f in self.FIELDS]
 
     def base_scale(self, cfg_scale):
         return cfg_scale if self.base_cfg is None else self.base_cfg
@@ -216,13 +227,14 @@ class AutoLoraParams:
         return cfg_scale if self.lora_cfg is None else self.lora_cfg
 
     def to_infotext(self):
-        """Infotext entries: the enable flag and every value that differs from its default."""
+        """Infotext entries: the enable flag and every value that differs from its default (a hires
+        value only where the hires pass has its own)."""
         if not self.enabled:
             return {}
         entries = {INFOTEXT_ENABLED: True}
-        for field in FIELDS[1:]:
+        for field in fields_but_enabled(self.FIELDS):
             value = getattr(self, field.name)
-            if value != field.default and (self.hires == "own" or field.name not in HIRES_FIELDS):
+            if value != field.default and (self.hires == "own" or not field.hires_of):
                 entries[field.infotext] = value
         return entries
 
@@ -230,6 +242,20 @@ class AutoLoraParams:
     def from_infotext(cls, entries):
         """From parsed infotext; absent keys take their defaults, so text without AutoLoRA disables it.
         As with arguments, the settings of a disabled AutoLoRA are not checked."""
-        if INFOTEXT_ENABLED not in entries or not parse_value(FIELDS[0], entries[INFOTEXT_ENABLED]):
+        if INFOTEXT_ENABLED not in entries or not parse_value(_enabled_field(cls.FIELDS), entries[INFOTEXT_ENABLED]):
             return cls()
-        return cls(**{f.name: entries[f.infotext] for f in FIELDS if f.infotext in entries})
+        return cls(**{f.name: entries[f.infotext] for f in cls.FIELDS if f.infotext in entries})
+
+
+def params_type(fields, name="AutoLoraParams"):
+    """The frozen parameters dataclass of `fields`: one attribute per field, with its default, in
+    their order (so positional construction follows it)."""
+    annotations = {"bool": bool, "number": float, "choice": str}
+    attributes = [(f.name, annotations[f.kind], dataclasses.field(default=f.default)) for f in fields]
+    made = dataclasses.make_dataclass(name, attributes, bases=(ParamsMethods,), namespace={"FIELDS": tuple(fields)},
+                                      frozen=True)
+    made.__module__ = __name__  # make_dataclass would name another module before Python 3.12
+    return made
+
+
+AutoLoraParams = params_type(FIELDS)

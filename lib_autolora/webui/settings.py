@@ -1,6 +1,6 @@
 """Settings → AutoLoRA: defaults for the controls, and whether the console line is printed.
 Values are read from the options' data, so they work before and after the section is built."""
-from lib_autolora.core.params import FIELDS
+from lib_autolora.core.params import FIELDS, fields_but_enabled
 
 SECTION = ("autolora", "AutoLoRA")
 CONSOLE_SUMMARY = "autolora_console_summary"
@@ -10,17 +10,17 @@ def key(field):
     return f"autolora_default_{field.name}"
 
 
-def defaults(opts):
+def defaults(opts, fields=FIELDS):
     """Field name -> default from the settings; the parameters type reads 0 CFG as "follow"."""
-    return {field.name: opts.data.get(key(field), field.ui_form(field.default)) for field in FIELDS[1:]}
+    return {field.name: opts.data.get(key(field), field.ui_form(field.default)) for field in fields_but_enabled(fields)}
 
 
 def console_summary(opts):
     return opts.data.get(CONSOLE_SUMMARY, True)
 
 
-def add_settings(shared, gr):
-    for field in FIELDS[1:]:
+def add_settings(shared, gr, fields=FIELDS):
+    for field in fields_but_enabled(fields):
         if field.kind == "number":
             component, args = gr.Slider, {"minimum": field.minimum, "maximum": field.maximum, "step": field.step}
         elif field.kind == "choice":

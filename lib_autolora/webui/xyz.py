@@ -1,41 +1,39 @@
-"""X/Y/Z plot axes. Each cell runs on its own copy of the processing object, so an axis sets an
-`autolora_<field>` attribute there and the script reads it as an override of the accordion: nothing
-outlives the cell."""
-from lib_autolora.core.params import FIELDS_BY_NAME
+"""X/Y/Z plot axes, one per field that names one. Each cell runs on its own copy of the processing
+object, so an axis sets an `autolora_<field>` attribute there and the script reads it as an override
+of the accordion: nothing outlives the cell."""
+from lib_autolora.core.params import FIELDS
 
 PREFIX = "autolora_"
 LABEL = "[AutoLoRA] "
-AXES = {  # axis label -> field
-    "Enabled": "enabled", "Gamma": "gamma", "Base CFG (w1)": "base_cfg", "LoRA CFG (w2)": "lora_cfg",
-    "Start": "start", "End": "end", "Hires. fix pass": "hires", "Hires gamma": "hires_gamma",
-    "Hires base CFG (w1)": "hires_base_cfg", "Hires LoRA CFG (w2)": "hires_lora_cfg", "Memory": "memory",
-    "Batched": "batched",
-}
 
 
-def overrides(p):
+def axes(fields=FIELDS):
+    """The fields that have an X/Y/Z axis, in their order."""
+    return [field for field in fields if field.axis]
+
+
+def overrides(p, fields=FIELDS):
     """The values X/Y/Z cells set on `p`, by field name."""
-    return {name: getattr(p, PREFIX + name) for name in FIELDS_BY_NAME if hasattr(p, PREFIX + name)}
+    return {f.name: getattr(p, PREFIX + f.name) for f in fields if hasattr(p, PREFIX + f.name)}
 
 
-def _apply(name):
+def _apply(field):
     def apply(p, value, values):
-        setattr(p, PREFIX + name, value)
-        if name.startswith("hires_"):  # a hires value is only used when the hires pass has its own
+        setattr(p, PREFIX + field.name, value)
+        if field.hires_of:  # a hires value is only used when the hires pass has its own
             setattr(p, PREFIX + "hires", "own")
     return apply
 
 
-def _axis(xyz_grid, label, name):
-    field = FIELDS_BY_NAME[name]
+def _axis(xyz_grid, field):
     if field.kind == "number":
-        return xyz_grid.AxisOption(LABEL + label, float, _apply(name))
+        return xyz_grid.AxisOption(LABEL + field.axis, float, _apply(field))
     choices = ("True", "False") if field.kind == "bool" else field.choices
-    return xyz_grid.AxisOption(LABEL + label, str, _apply(name), choices=lambda: list(choices))
+    return xyz_grid.AxisOption(LABEL + field.axis, str, _apply(field), choices=lambda: list(choices))
 
 
-def add_axes(xyz_grid):
+def add_axes(xyz_grid, fields=FIELDS):
     """Adds the axes to the X/Y/Z plot script's module, once."""
     if any(option.label.startswith(LABEL) for option in xyz_grid.axis_options):
         return
-    xyz_grid.axis_options.extend(_axis(xyz_grid, label, name) for label, name in AXES.items())
+    xyz_grid.axis_options.extend(_axis(xyz_grid, field) for field in axes(fields))

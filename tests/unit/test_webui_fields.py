@@ -20,8 +20,8 @@ def test_the_axes_are_added_once_and_memory_offers_its_modes():
     xyz.add_axes(module)
     xyz.add_axes(module)
     labels = [option.label for option in module.axis_options]
-    assert len(labels) == len(set(labels)) == len(xyz.AXES)
-    assert {"memory", "batched"} <= set(xyz.AXES.values())
+    assert len(labels) == len(set(labels)) == len(xyz.axes())
+    assert {"memory", "batched"} <= {field.name for field in xyz.axes()}
     memory = next(option for option in module.axis_options if option.label == "[AutoLoRA] Memory")
     assert memory.choices() == ["auto", "lean", "fast"]
 
