@@ -4,13 +4,13 @@
 (function() {
     const TABS = ["txt2img", "img2img"];
     const LORA_TAG = /<lora:[^>]+>/i;
-    // AutoLoRA control -> [the generation's control it follows when 0, its label], first found wins
-    const FOLLOWS = {
-        base_cfg: [["cfg_scale", "CFG Scale"]],
-        lora_cfg: [["cfg_scale", "CFG Scale"]],
-        hires_base_cfg: [["hr_cfg", "Hires CFG Scale"], ["cfg_scale", "CFG Scale"]],
-        hires_lora_cfg: [["hr_cfg", "Hires CFG Scale"], ["cfg_scale", "CFG Scale"]],
-    };
+
+    // AutoLoRA control -> [[the generation's control it follows when 0, its label], ...], first found wins;
+    // the fields' table, which the tab's notice element carries (lib_autolora/webui/accordion.py)
+    function followTable(tab) {
+        const holder = gradioApp().querySelector(`#autolora_${tab}_notice [data-follows]`);
+        return holder ? JSON.parse(holder.dataset.follows) : {};
+    }
 
     function numberIn(elemId) {
         const input = gradioApp().querySelector(`#${elemId} input[type=number]`);
@@ -41,7 +41,7 @@
     }
 
     function updateEffectiveScales(tab) {
-        for (const [name, sources] of Object.entries(FOLLOWS)) {
+        for (const [name, sources] of Object.entries(followTable(tab))) {
             const control = gradioApp().getElementById(`autolora_${tab}_${name}`);
             if (!control) continue;
             const source = sources.find(([id]) => numberIn(`${tab}_${id}`) !== null);

@@ -3,7 +3,7 @@ settings' defaults; shared by both hosts (gradio 3 on A1111, gradio 4 on Forge).
 import gradio as gr
 
 from lib_autolora.core.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams
-from lib_autolora.webui import settings
+from lib_autolora.webui import accordion, settings
 
 
 def _component(field, value, elem_id):
@@ -29,7 +29,8 @@ def build(tab, opts, input_accordion, switched_off=False):
         gr.Markdown(FIELDS_BY_NAME["enabled"].hint)
         if switched_off:
             gr.Markdown("**Switched off on this server** (`--autolora-off`): generations run as usual.")
-        gr.HTML("", elem_id=f"autolora_{tab}_notice")  # javascript/autolora.js writes its notice here
+        # javascript/autolora.js writes its notice here, and reads the follow table it carries
+        gr.HTML(accordion.notice_html(), elem_id=f"autolora_{tab}_notice")
         add("gamma")
         for row in (("base_cfg", "lora_cfg"), ("start", "end")):
             with gr.Row():
