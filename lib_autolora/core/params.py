@@ -9,8 +9,6 @@ import math
 
 INFOTEXT_ENABLED = "AutoLoRA"
 MEMORY_MODES = ("auto", "lean", "fast")
-
-
 CFG_SCALE = ("cfg_scale", "CFG Scale")  # a control of the generation: its elem id after the tab's, its label
 HIRES_CFG_SCALE = ("hr_cfg", "Hires CFG Scale")
 
@@ -23,13 +21,16 @@ class Field:
     default: object
     minimum: float = None
     maximum: float = None
-    hint: str = ""
+    hint: str = ""      # one line under the control
     choices: tuple = ()
     step: float = None  # UI slider step
     follows: tuple = ()  # the generation's controls a 0 (None) value follows, first found wins; () = none
     aliases: tuple = ()  # API keys that name it too
     hires_of: str = None  # the field whose value this one replaces in the hires. fix pass (with its own values)
     axis: str = None     # X/Y/Z plot axis label; None = no axis
+    details: str = ""    # the Settings page's longer explanation; "" = the hint
+    section: str = "main"  # where the accordion puts it: "main" (up front) or "more" (its closed More accordion)
+    row: str = None      # fields next to each other with the same row share a row of the accordion
 
     @property
     def is_bool(self):
@@ -58,38 +59,53 @@ FIELDS = (
     Field("enabled", "Enable AutoLoRA", INFOTEXT_ENABLED, False, axis="Enabled",
           hint="Guide the LoRA model with the model without the prompt's LoRA networks."),
     Field("gamma", "AutoLoRA scale (gamma)", "AutoLoRA gamma", 1.5, 0.0, 10.0, step=0.05, axis="Gamma",
-          hint="0 = model without LoRA, 1 = plain LoRA generation, above 1 pushes away from the "
-               "base model (more variety). Paper default 1.5."),
+          hint="0 = model without LoRA, 1 = plain LoRA, >1 more variety (paper: 1.5)",
+          details="0 = model without LoRA, 1 = plain LoRA generation, above 1 pushes away from the "
+                  "base model (more variety). Paper default 1.5."),
     Field("base_cfg", "Base CFG (w1)", "AutoLoRA w1", None, 0.0, 30.0, step=0.5, follows=(CFG_SCALE,),
-          aliases=("w1",), axis="Base CFG (w1)",
-          hint="CFG scale of the model without LoRA. 0 = use the CFG Scale of the generation."),
+          aliases=("w1",), axis="Base CFG (w1)", row="cfg",
+          hint="CFG of the model without LoRA; 0 = the CFG Scale",
+          details="CFG scale of the model without LoRA. 0 = use the CFG Scale of the generation."),
     Field("lora_cfg", "LoRA CFG (w2)", "AutoLoRA w2", None, 0.0, 30.0, step=0.5, follows=(CFG_SCALE,),
-          aliases=("w2",), axis="LoRA CFG (w2)",
-          hint="CFG scale of the LoRA model. 0 = use the CFG Scale of the generation."),
-    Field("start", "Start", "AutoLoRA start", 0.0, 0.0, 1.0, step=0.01, axis="Start",
-          hint="Fraction of sampling where AutoLoRA starts; before it, plain LoRA generation with w2."),
-    Field("end", "End", "AutoLoRA end", 1.0, 0.0, 1.0, step=0.01, axis="End",
-          hint="Fraction of sampling where AutoLoRA ends; after it, plain LoRA generation with w2."),
-    Field("base_text_encoder", "Base uses the text encoder without LoRA", "AutoLoRA base TE", True,
+          aliases=("w2",), axis="LoRA CFG (w2)", row="cfg",
+          hint="CFG of the LoRA model; 0 = the CFG Scale",
+          details="CFG scale of the LoRA model. 0 = use the CFG Scale of the generation."),
+    Field("start", "Start", "AutoLoRA start", 0.0, 0.0, 1.0, step=0.01, axis="Start", row="range",
+          hint="Fraction of sampling where AutoLoRA starts",
+          details="Fraction of sampling where AutoLoRA starts; before it, plain LoRA generation with w2."),
+    Field("end", "End", "AutoLoRA end", 1.0, 0.0, 1.0, step=0.01, axis="End", row="range",
+          hint="Fraction of sampling where AutoLoRA ends",
+          details="Fraction of sampling where AutoLoRA ends; after it, plain LoRA generation with w2."),
+    Field("base_text_encoder", "Base uses the text encoder without LoRA", "AutoLoRA base TE", True, section="more",
           hint="Encode the prompt for the base model with the text encoder's LoRA switched off."),
     Field("hires", "Hires. fix pass", "AutoLoRA hires", "same", choices=("same", "own", "off"), axis="Hires. fix pass",
+          section="more",
           hint="same = the values above; own = the hires values below; off = plain LoRA generation."),
     Field("hires_gamma", "Hires gamma", "AutoLoRA hires gamma", 1.5, 0.0, 10.0, step=0.05, hires_of="gamma",
-          axis="Hires gamma",
-          hint="AutoLoRA scale of the hires. fix pass (when the hires. fix pass has its own values)."),
+          axis="Hires gamma", section="more", row="hires",
+          hint="Gamma of the hires. fix pass",
+          details="AutoLoRA scale of the hires. fix pass (when the hires. fix pass has its own values)."),
     Field("hires_base_cfg", "Hires base CFG (w1)", "AutoLoRA hires w1", None, 0.0, 30.0, step=0.5,
           follows=(HIRES_CFG_SCALE, CFG_SCALE), aliases=("hires_w1",), hires_of="base_cfg", axis="Hires base CFG (w1)",
-          hint="Base CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
+          section="more", row="hires",
+          hint="w1 of the hires. fix pass; 0 = the Hires CFG Scale",
+          details="Base CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
     Field("hires_lora_cfg", "Hires LoRA CFG (w2)", "AutoLoRA hires w2", None, 0.0, 30.0, step=0.5,
           follows=(HIRES_CFG_SCALE, CFG_SCALE), aliases=("hires_w2",), hires_of="lora_cfg", axis="Hires LoRA CFG (w2)",
-          hint="LoRA CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
-    Field("memory", "Memory", "AutoLoRA memory", "auto", choices=MEMORY_MODES, axis="Memory",
-          hint="How the base pass gets the layers without LoRA. lean = no copy: it subtracts the LoRA's low-rank "
-               "term (LoRA, LoCon); fast = a copy of the LoRA'd layers on the model's device for the generation; "
-               "auto = fast where the device has room for the copy, else lean."),
-    Field("batched", "Both passes in one batch", "AutoLoRA batched", False, axis="Batched",
-          hint="Evaluate the base and LoRA rows of a step in one model call (the lean path); can be faster on a "
-               "device with room to spare (small images, batch 1)."),
+          section="more", row="hires",
+          hint="w2 of the hires. fix pass; 0 = the Hires CFG Scale",
+          details="LoRA CFG of the hires. fix pass. 0 = use the Hires CFG Scale (the CFG Scale where there is none)."),
+    Field("memory", "Memory", "AutoLoRA memory", "auto", choices=MEMORY_MODES, axis="Memory", section="more",
+          row="memory",
+          hint="lean = no copy of the LoRA'd layers, fast = a copy on the device, auto = fast where it fits",
+          details="How the base pass gets the layers without LoRA. lean = no copy: it subtracts the LoRA's low-rank "
+                  "term (LoRA, LoCon); fast = a copy of the LoRA'd layers on the model's device for the generation; "
+                  "auto = fast where the device has room for the copy, else lean."),
+    Field("batched", "Both passes in one batch", "AutoLoRA batched", False, axis="Batched", section="more",
+          row="memory",
+          hint="The base and LoRA rows of a step in one model call (lean path)",
+          details="Evaluate the base and LoRA rows of a step in one model call (the lean path); can be faster on a "
+                  "device with room to spare (small images, batch 1)."),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 

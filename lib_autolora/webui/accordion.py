@@ -1,10 +1,28 @@
-"""What the accordion shows of the fields, apart from gradio (ui.py builds it): the table of the
-controls that follow a scale of the generation, which the page's script (javascript/autolora.js)
-reads from the tab's notice element."""
+"""What the accordion shows of the fields, apart from gradio (ui.py builds it): where each control
+goes (up front or under More, in which row), and the table of the controls that follow a scale of
+the generation, which the page's script (javascript/autolora.js) reads from the tab's notice element."""
 import html
 import json
 
-from lib_autolora.core.params import FIELDS
+from lib_autolora.core.params import FIELDS, fields_but_enabled
+
+SECTIONS = ("main", "more")  # up front; in the closed More accordion below them
+
+
+def _rows(fields):
+    """The fields in rows: those next to each other with the same `row` share one."""
+    rows = []
+    for field in fields:
+        if rows and field.row and rows[-1][-1].row == field.row:
+            rows[-1].append(field)
+        else:
+            rows.append([field])
+    return rows
+
+
+def sections(fields=FIELDS):
+    """Section -> its rows of fields, in the fields' order; the enable flag is the accordion's own box."""
+    return {section: _rows([f for f in fields_but_enabled(fields) if f.section == section]) for section in SECTIONS}
 
 
 def follow_table(fields=FIELDS):

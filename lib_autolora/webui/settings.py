@@ -29,6 +29,6 @@ def add_settings(shared, gr, fields=FIELDS):
             component, args = gr.Checkbox, {}
         info = shared.OptionInfo(field.ui_form(field.default), f"Default {field.label}", component, args,
                                  section=SECTION)
-        shared.opts.add_option(key(field), info.info(field.hint))
+        shared.opts.add_option(key(field), info.info(field.details or field.hint))
     shared.opts.add_option(CONSOLE_SUMMARY, shared.OptionInfo(
         True, "Print one line per generation saying what AutoLoRA did", section=SECTION))

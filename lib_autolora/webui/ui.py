@@ -1,5 +1,6 @@
-"""The AutoLoRA accordion, built from the parameters' fields (labels, ranges, hints), with the
-settings' defaults; shared by both hosts (gradio 3 on A1111, gradio 4 on Forge)."""
+"""The AutoLoRA accordion, built from the parameters' fields (labels, ranges, hints, where each goes:
+lib_autolora/webui/accordion.py), with the settings' defaults; shared by both hosts (gradio 3 on
+A1111, gradio 4 on Forge)."""
 import gradio as gr
 
 from lib_autolora.core.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams
@@ -15,14 +16,26 @@ def _component(field, value, elem_id):
     return gr.Checkbox(label=field.label, info=field.hint, value=value, elem_id=elem_id)
 
 
+def _add_rows(rows, add):
+    """A row of one field is the field alone, a longer one a gr.Row."""
+    for row in rows:
+        if len(row) == 1:
+            add(row[0])
+            continue
+        with gr.Row():
+            for field in row:
+                add(field)
+
+
 def build(tab, opts, input_accordion, switched_off=False):
     """The components, in the order of FIELDS (the script's positional arguments); `input_accordion`
     is the WebUI's accordion with an enable box in its header."""
     defaults = settings.defaults(opts)
+    layout = accordion.sections()
     made = {}
 
-    def add(name):
-        made[name] = _component(FIELDS_BY_NAME[name], defaults[name], f"autolora_{tab}_{name}")
+    def add(field):
+        made[field.name] = _component(field, defaults[field.name], f"autolora_{tab}_{field.name}")
 
     with input_accordion(False, label="AutoLoRA", elem_id=f"autolora_{tab}_enabled") as enabled:
         made["enabled"] = enabled
@@ -31,20 +44,9 @@ def build(tab, opts, input_accordion, switched_off=False):
             gr.Markdown("**Switched off on this server** (`--autolora-off`): generations run as usual.")
         # javascript/autolora.js writes its notice here, and reads the follow table it carries
         gr.HTML(accordion.notice_html(), elem_id=f"autolora_{tab}_notice")
-        add("gamma")
-        for row in (("base_cfg", "lora_cfg"), ("start", "end")):
-            with gr.Row():
-                for name in row:
-                    add(name)
-        add("base_text_encoder")
-        with gr.Row():
-            add("memory")
-            add("batched")
-        with gr.Accordion("Hires. fix", open=False, elem_id=f"autolora_{tab}_hires_section"):
-            add("hires")
-            with gr.Row():
-                for name in ("hires_gamma", "hires_base_cfg", "hires_lora_cfg"):
-                    add(name)
+        _add_rows(layout["main"], add)
+        with gr.Accordion("More", open=False, elem_id=f"autolora_{tab}_more"):
+            _add_rows(layout["more"], add)
     return [made[field.name] for field in FIELDS]
 
 
