@@ -1,4 +1,4 @@
-"""Live: AutoLoRA with one ControlNet unit (Mikubill's sd-webui-controlnet on A1111, the built-in
+"""Live: AutoLoRA with one and with two ControlNet units (Mikubill's sd-webui-controlnet on A1111, the built-in
 ControlNet on Forge), using the random-weight ControlNet of tests/support/controlnet_fixture.py.
 Start the WebUI with that file's fixtures (tests/README.md, "ControlNet"); without a ControlNet
 extension or the fixture these tests skip."""
@@ -66,15 +66,22 @@ def control_image(bright_half):
     return png_base64(pixels)
 
 
+TWO_UNITS = ("left", "top")
+UNIT_WEIGHTS = (1.0, 0.6)  # the second unit weaker, so that the two units are not interchangeable
+
+
 def generate(host, control="left", mode="Balanced", lora_weight=1, autolora=None, **overrides):
-    """One txt2img image, made once per WebUI and request; control None: no ControlNet unit; autolora:
-    AutoLoRA's args (named values or a list)."""
+    """One txt2img image, made once per WebUI and request; control: a control image's bright half, a
+    tuple of them for one unit each, or None for no ControlNet unit; autolora: AutoLoRA's args (named
+    values or a list)."""
     prompt = PAYLOAD["prompt"] if lora_weight is None else f"{PAYLOAD['prompt']} <lora:{LORA}:{lora_weight}>"
     scripts = {}
     if control is not None:
-        unit = {"enabled": True, "module": host.no_preprocessor, "model": host.model, "image": control_image(control),
-                "weight": 1.0, "control_mode": mode, "save_detected_map": False}
-        scripts["controlnet"] = {"args": [unit]}
+        halves = (control,) if isinstance(control, str) else control
+        scripts["controlnet"] = {"args": [
+            {"enabled": True, "module": host.no_preprocessor, "model": host.model, "image": control_image(half),
+             "weight": weight, "control_mode": mode, "save_detected_map": False}
+            for half, weight in zip(halves, UNIT_WEIGHTS)]}
     if autolora is not None:
         scripts["autolora"] = {"args": autolora if isinstance(autolora, list) else [autolora]}
     payload = {**PAYLOAD, **overrides, "prompt": prompt, "alwayson_scripts": scripts}
@@ -131,3 +138,32 @@ def test_autolora_off_equals_the_webui_without_the_extension(host, plain_host):
     without_extension = generate(plain_host)
     assert generate(host).png == without_extension.png
     assert generate(host, autolora=[False, 3.0, 4, 5]).png == without_extension.png
+
+
+def test_with_two_units_each_unit_changes_the_image(host):
+    """Two units' premise: the second unit counts, in the plain generation and in AutoLoRA's."""
+    assert max_difference(generate(host, control=TWO_UNITS), generate(host)) > 0
+    guided = generate(host, control=TWO_UNITS, autolora={"gamma": 1.5})
+    assert "ControlNet 1" in guided.infotexts[0]
+    assert max_difference(guided, generate(host, autolora={"gamma": 1.5})) > 0
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_with_two_units_gamma_zero_and_one_equal_the_plain_images(host, gamma):
+    """gamma 1 (w2 following the CFG Scale): ControlNet's plain LoRA image; gamma 0 (w1 following it):
+    its image without the LoRA tag. Both units reach the pass AutoLoRA adds."""
+    reference = generate(host, control=TWO_UNITS, lora_weight=1 if gamma else None)
+    assert max_difference(generate(host, control=TWO_UNITS, autolora={"gamma": gamma}), reference) == 0
+
+
+def test_with_two_units_the_base_pass_gets_both_controls(host):
+    """As the single-unit check: the LoRA at weight 0, so any gamma gives the plain image only if the base
+    pass sees both units as the host's pass does."""
+    guided = generate(host, control=TWO_UNITS, lora_weight=0, autolora={"gamma": 1.5})
+    assert max_difference(guided, generate(host, control=TWO_UNITS, lora_weight=0)) == 0
+
+
+def test_with_two_units_autolora_off_equals_the_webui_without_the_extension(host, plain_host):
+    without_extension = generate(plain_host, control=TWO_UNITS)
+    assert generate(host, control=TWO_UNITS).png == without_extension.png
+    assert generate(host, control=TWO_UNITS, autolora=[False, 3.0, 4, 5]).png == without_extension.png
