@@ -6,9 +6,11 @@ import shutil
 import pytest
 
 from lib_autolora.core.params import FIELDS_BY_NAME
+from lib_autolora.webui import accordion
 from tests.live.conftest import LORAS, URL
 
 CHROMIUM = os.environ.get("AUTOLORA_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+SCREENSHOTS = os.environ.get("AUTOLORA_SCREENSHOTS")  # a folder for the accordion's pictures, if set
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -90,3 +92,28 @@ def test_pasted_infotext_restores_every_control_and_text_without_keys_disables(p
     assert value_of(page, "autolora_txt2img_gamma") == 1.5
     assert page.locator("#autolora_txt2img_base_text_encoder input[type=checkbox]").first.is_checked()
     assert page.locator("#autolora_txt2img_hires input[value=same]").first.is_checked()
+
+
+def visible(page, name):
+    return page.locator(f"#autolora_txt2img_{name}").first.is_visible()
+
+
+def test_the_main_values_are_up_front_and_the_rest_under_more(page):
+    """Gamma, w1, w2, start and end show when the accordion opens; the rest only once More is opened."""
+    panel = page.locator("#autolora_txt2img_enabled")
+    panel.scroll_into_view_if_needed()
+    if not panel.locator(".label-wrap.open").count():
+        panel.locator(".label-wrap").first.click()
+    page.wait_for_timeout(500)
+    main, more = ([f.name for row in rows for f in row] for rows in accordion.sections().values())
+    assert main == ["gamma", "base_cfg", "lora_cfg", "start", "end"]
+    assert all(visible(page, name) for name in main), main
+    assert not any(visible(page, name) for name in more), more
+    if SCREENSHOTS:
+        panel.screenshot(path=os.path.join(SCREENSHOTS, "accordion.png"))
+    page.locator("#autolora_txt2img_more .label-wrap").first.click()
+    page.wait_for_timeout(500)
+    assert all(visible(page, name) for name in more), more
+    if SCREENSHOTS:
+        panel.screenshot(path=os.path.join(SCREENSHOTS, "accordion-more.png"))
+    page.locator("#autolora_txt2img_more .label-wrap").first.click()  # closed again for the other tests
