@@ -4,8 +4,15 @@ Everything about a parameter is said once, on its `Field` in FIELDS; the paramet
 aliases, infotext, the hires pass, the X/Y/Z axes, the settings and the accordion derive from them.
 Positional order (UI components and the API's `args` list) is the order of FIELDS.
 """
+from __future__ import annotations
+
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 INFOTEXT_ENABLED = "AutoLoRA"
 MEMORY_MODES = ("auto", "lean", "fast")
@@ -19,34 +26,35 @@ class Field:
     label: str          # UI label
     infotext: str       # infotext key
     default: object
-    minimum: float = None
-    maximum: float = None
+    minimum: float | None = None
+    maximum: float | None = None
     hint: str = ""      # one line under the control
-    choices: tuple = ()
-    step: float = None  # UI slider step
-    follows: tuple = ()  # the generation's controls a 0 (None) value follows, first found wins; () = none
-    aliases: tuple = ()  # API keys that name it too
-    hires_of: str = None  # the field whose value this one replaces in the hires. fix pass (with its own values)
-    axis: str = None     # X/Y/Z plot axis label; None = no axis
+    choices: tuple[str, ...] = ()
+    step: float | None = None  # UI slider step
+    # the generation's controls a 0 (None) value follows, as (elem id, label), first found wins; () = none
+    follows: tuple[tuple[str, str], ...] = ()
+    aliases: tuple[str, ...] = ()  # API keys that name it too
+    hires_of: str | None = None  # the field whose value this one replaces in the hires. fix pass (with its own values)
+    axis: str | None = None     # X/Y/Z plot axis label; None = no axis
     details: str = ""    # the Settings page's longer explanation; "" = the hint
     section: str = "main"  # where the accordion puts it: "main" (up front) or "more" (its closed More accordion)
-    row: str = None      # fields next to each other with the same row share a row of the accordion
+    row: str | None = None      # fields next to each other with the same row share a row of the accordion
 
     @property
-    def is_bool(self):
+    def is_bool(self) -> bool:
         return isinstance(self.default, bool)
 
-    def ui_form(self, value):
+    def ui_form(self, value: object) -> object:
         """A value as the UI shows it: a scale that follows the generation's is 0 there."""
         return 0.0 if self.follows and value is None else value
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         if self.choices:
             return "choice"
         return "bool" if self.is_bool else "number"
 
-    def allowed(self):
+    def allowed(self) -> str:
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.is_bool:
@@ -110,12 +118,12 @@ FIELDS = (
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 
 
-def fields_but_enabled(fields=FIELDS):
+def fields_but_enabled(fields: Iterable[Field] = FIELDS) -> tuple[Field, ...]:
     """The settings the enable flag switches on: every field but it (found by name, not by place)."""
     return tuple(f for f in fields if f.name != "enabled")
 
 
-def api_aliases(fields=FIELDS):
+def api_aliases(fields: Iterable[Field] = FIELDS) -> dict[str, str]:
     """API alias -> the name of the field it names."""
     return {alias: f.name for f in fields for alias in f.aliases}
 
@@ -124,17 +132,17 @@ class AutoLoraParamError(ValueError):
     """Bad AutoLoRA input; the message names the parameter and the allowed values."""
 
 
-def shown(value, limit=60):
+def shown(value: object, limit: int = 60) -> str:
     """A value as a message quotes it: long input (a pasted document, nested junk) is cut short."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _bad(field, value):
+def _bad(field: Field, value: object) -> AutoLoraParamError:
     return AutoLoraParamError(f"AutoLoRA: {field.name} must be {field.allowed()}, got {shown(value)}")
 
 
-def _parse_bool(field, value):
+def _parse_bool(field: Field, value: object) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -144,13 +152,13 @@ def _parse_bool(field, value):
     raise _bad(field, value)
 
 
-def _parse_choice(field, value):
+def _parse_choice(field: Field, value: object) -> str:
     if isinstance(value, str) and value.strip().lower() in field.choices:
         return value.strip().lower()
     raise _bad(field, value)
 
 
-def _parse_number(field, value):
+def _parse_number(field: Field, value: object) -> float | None:
     if field.follows and value is None:
         return None
     number = None
@@ -164,6 +172,7 @@ def _parse_number(field, value):
             number = float(value.strip())
         except ValueError:
             pass
+    assert field.minimum is not None and field.maximum is not None, f"the number field {field.name} has no range"
     if number is None or not math.isfinite(number) or not field.minimum <= number <= field.maximum:
         raise _bad(field, value)
     if field.follows and number == 0:
@@ -171,15 +180,16 @@ def _parse_number(field, value):
     return number
 
 
-def parse_value(field, value):
+def parse_value(field: Field, value: object) -> object:
     return {"bool": _parse_bool, "choice": _parse_choice, "number": _parse_number}[field.kind](field, value)
 
 
-def _named_values(named, fields):
+def _named_values(named: Mapping[str, object], fields: Sequence[Field]) -> dict[str, object]:
     """Named values (field names or their API aliases) by field name; `enabled` defaults to true there,
     since sending settings means asking for AutoLoRA."""
     names, aliases = {f.name for f in fields}, api_aliases(fields)
-    values, keys = {}, {}
+    values: dict[str, object] = {}
+    keys: dict[str, str] = {}
     for key, value in named.items():
         name = aliases.get(key, key)
         if name not in names:
@@ -191,16 +201,35 @@ def _named_values(named, fields):
     return values
 
 
-def _enabled_field(fields):
+def _enabled_field(fields: Iterable[Field]) -> Field:
     return next(f for f in fields if f.name == "enabled")
 
 
 class ParamsMethods:
     """What the parameters type does; `params_type` makes the frozen dataclass of a field list on it,
     with `FIELDS` that list (its attributes, defaults and positional order)."""
-    FIELDS = ()
+    FIELDS: ClassVar[tuple[Field, ...]] = ()
 
-    def __post_init__(self):
+    if TYPE_CHECKING:  # what params_type makes of FIELDS: its constructor and attributes
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+        def __init__(self, *args: object, **values: object) -> None: ...
+
+        enabled: bool
+        gamma: float
+        base_cfg: float | None
+        lora_cfg: float | None
+        start: float
+        end: float
+        base_text_encoder: bool
+        hires: str
+        hires_gamma: float
+        hires_base_cfg: float | None
+        hires_lora_cfg: float | None
+        memory: str
+        batched: bool
+
+    def __post_init__(self) -> None:
         for field in self.FIELDS:
             object.__setattr__(self, field.name, parse_value(field, getattr(self, field.name)))
         if self.start >= self.end:
@@ -208,7 +237,8 @@ class ParamsMethods:
                 f"AutoLoRA: start must be less than end (both from 0 to 1), got start={self.start:g}, end={self.end:g}")
 
     @classmethod
-    def from_args(cls, args, defaults=None, overrides=None):
+    def from_args(cls, args: Iterable[object], defaults: Mapping[str, object] | None = None,
+                  overrides: Mapping[str, object] | None = None) -> Self:
         """From the script's arguments: the positional values of the UI components or of the API's
         `args` list, or one object of named values first (the rest, the UI's defaults, is ignored).
         `defaults` (name -> value) replace built-in defaults, `overrides` (name -> value, an X/Y/Z
@@ -224,7 +254,7 @@ class ParamsMethods:
         values.update(overrides or {})
         return cls(**values) if parse_value(_enabled_field(fields), values.get("enabled", False)) else cls()
 
-    def for_pass(self, is_hires):
+    def for_pass(self, is_hires: bool) -> Self | None:
         """The settings of one sampling pass, or None where AutoLoRA is off for it."""
         if not is_hires or self.hires == "same":
             return self
@@ -232,22 +262,22 @@ class ParamsMethods:
             return None
         return dataclasses.replace(self, **{f.hires_of: getattr(self, f.name) for f in self.FIELDS if f.hires_of})
 
-    def to_args(self):
+    def to_args(self) -> list[object]:
         """Positional values in UI form (0 for a CFG scale that follows the generation's)."""
         return [f.ui_form(getattr(self, f.name)) for f in self.FIELDS]
 
-    def base_scale(self, cfg_scale):
+    def base_scale(self, cfg_scale: float) -> float:
         return cfg_scale if self.base_cfg is None else self.base_cfg
 
-    def lora_scale(self, cfg_scale):
+    def lora_scale(self, cfg_scale: float) -> float:
         return cfg_scale if self.lora_cfg is None else self.lora_cfg
 
-    def to_infotext(self):
+    def to_infotext(self) -> dict[str, object]:
         """Infotext entries: the enable flag and every value that differs from its default (a hires
         value only where the hires pass has its own)."""
         if not self.enabled:
             return {}
-        entries = {INFOTEXT_ENABLED: True}
+        entries: dict[str, object] = {INFOTEXT_ENABLED: True}
         for field in fields_but_enabled(self.FIELDS):
             value = getattr(self, field.name)
             if value != field.default and (self.hires == "own" or not field.hires_of):
@@ -255,7 +285,7 @@ class ParamsMethods:
         return entries
 
     @classmethod
-    def from_infotext(cls, entries):
+    def from_infotext(cls, entries: Mapping[str, object]) -> Self:
         """From parsed infotext; absent keys take their defaults, so text without AutoLoRA disables it.
         As with arguments, the settings of a disabled AutoLoRA are not checked."""
         if INFOTEXT_ENABLED not in entries or not parse_value(_enabled_field(cls.FIELDS), entries[INFOTEXT_ENABLED]):
@@ -263,7 +293,7 @@ class ParamsMethods:
         return cls(**{f.name: entries[f.infotext] for f in cls.FIELDS if f.infotext in entries})
 
 
-def params_type(fields, name="AutoLoraParams"):
+def params_type(fields: Sequence[Field], name: str = "AutoLoraParams") -> type[ParamsMethods]:
     """The frozen parameters dataclass of `fields`: one attribute per field, with its default, in
     their order (so positional construction follows it)."""
     annotations = {"bool": bool, "number": float, "choice": str}

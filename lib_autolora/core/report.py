@@ -1,37 +1,45 @@
 """What AutoLoRA did in one generation, for the console line the user reads."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from lib_autolora.core.guidance import Passes
+
+if TYPE_CHECKING:
+    from lib_autolora.core.params import ParamsMethods
 
 
 class RunReport:
-    def __init__(self, params):
+    def __init__(self, params: ParamsMethods) -> None:
         self.params = params
         self.calls = {passes: 0 for passes in Passes}
-        self.active_steps = {}  # pass label ("steps", "hires pass") -> denoiser steps with AutoLoRA
-        self.networks = []
-        self.not_applied = None  # why AutoLoRA stood aside, once known
-        self.notes = set()  # what the console said once
+        self.active_steps: dict[str, list[int]] = {}  # pass label ("steps", "hires pass") -> steps with AutoLoRA
+        self.networks: list[str] = []
+        self.not_applied: str | None = None  # why AutoLoRA stood aside, once known
+        self.notes: set[str] = set()  # what the console said once
         self.batched_calls = 0  # denoiser calls whose base rows rode along in the LoRA pass's model call
 
-    def record(self, passes, step, label):
+    def record(self, passes: Passes, step: int, label: str) -> None:
         self.calls[passes] += 1
         if passes is not Passes.LORA:
             self.active_steps.setdefault(label, []).append(step)
 
-    def note(self, message):
+    def note(self, message: str) -> bool:
         """Returns True the first time a message is noted, so the caller says it once."""
         if message in self.notes:
             return False
         self.notes.add(message)
         return True
 
-    def stand_aside(self, reason):
+    def stand_aside(self, reason: str) -> bool:
         """Returns True the first time, so the caller can say it once."""
         if self.not_applied is not None:
             return False
         self.not_applied = reason
         return True
 
-    def summary(self, switches=0, switch_seconds=0.0, held_bytes=0, path="", changed_bytes=0):
+    def summary(self, switches: int = 0, switch_seconds: float = 0.0, held_bytes: int = 0, path: str = "",
+                changed_bytes: int = 0) -> str | None:
         """The console line, or None when AutoLoRA stood aside (it said why when it did). `path` says how
         the base pass got the layers without LoRA, `held_bytes` the most the network switch held at once (it
         holds nothing once a sampling pass ends), `changed_bytes` the size of the layers the networks change."""
