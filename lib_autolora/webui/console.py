@@ -1,7 +1,9 @@
 """AutoLoRA's lines on the WebUI's console."""
+from __future__ import annotations
+
 from lib_autolora.webui import testing
 
 
-def say(line):
+def say(line: str) -> None:
     print(line)
     testing.keep_line(line)

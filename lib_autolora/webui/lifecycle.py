@@ -6,26 +6,34 @@ its own, and an X/Y/Z cell's copy of `p` gets its own. A shallow copy of `p` mad
 (ADetailer runs every script's postprocess on one, then process on another) carries the reference but
 not the ownership: the hooks act only on the Generation made for the very `p` they get.
 """
-import functools
+from __future__ import annotations
 
-from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
+import functools
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams, ParamsMethods
 from lib_autolora.webui import console, settings, testing, xyz
-from lib_autolora.webui.generation import forget_infotext
+from lib_autolora.webui.generation import Generation, forget_infotext
+from lib_autolora.webui.host_objects import DenoiserParams, Options, Processing, State
+
+GenerationClass = Callable[[Processing, ParamsMethods, Options], Generation]  # a host family's Generation
 
 ATTRIBUTE = "autolora_generation"  # where a processing object keeps its Generation
 
 
-def _fail_sampling(error, *args, **kwargs):
+def _fail_sampling(error: Exception, *args: object, **kwargs: object) -> NoReturn:
     raise error
 
 
-def generation_of(p):
+def generation_of(p: Processing) -> Generation | None:
     """The Generation made for `p`, or None (none made, or `p` is a copy of the object that owns it)."""
     generation = getattr(p, ATTRIBUTE, None)
     return generation if generation is not None and generation.p is p else None
 
 
-def begin(p, args, opts, generation_class, switched_off=False):
+def begin(p: Processing, args: Sequence[object], opts: Options, generation_class: GenerationClass,
+          switched_off: bool = False) -> None:
     """`process`: read the arguments; on bad input make this generation fail with the message
     (the WebUI only logs what a script hook raises, so the error is raised from `p.sample`).
     `switched_off`: the server runs with AutoLoRA off; a request for it generates as usual."""
@@ -48,14 +56,14 @@ def begin(p, args, opts, generation_class, switched_off=False):
     setattr(p, ATTRIBUTE, generation_class(p, params, opts))
 
 
-def _asks_for_autolora(p, args):
+def _asks_for_autolora(p: Processing, args: Sequence[object]) -> bool:
     try:
         return AutoLoraParams.from_args(args, overrides=xyz.overrides(p)).enabled
     except AutoLoraParamError:  # settings that enable it, some of them wrong
         return True
 
 
-def prepare_pass(p):
+def prepare_pass(p: Processing) -> None:
     """`process_before_every_sampling`. The WebUI logs an error raised here and samples on, so a
     failed setup leaves AutoLoRA standing aside, with nothing of it installed."""
     generation = generation_of(p)
@@ -66,14 +74,14 @@ def prepare_pass(p):
             testing.inject(generation, "setup")
 
 
-def end_sampling(p):
+def end_sampling(p: Processing) -> None:
     """`post_sample`: sampling is over, the VAE decode comes next; nothing AutoLoRA held stays for it."""
     generation = generation_of(p)
     if generation is not None:
         generation.end_pass()
 
 
-def finish(p, state=None):
+def finish(p: Processing, state: State = None) -> None:
     """`postprocess`: print what AutoLoRA did, undo everything. `state`: the WebUI's job state, which
     says whether the user interrupted or skipped. A generation that failed on the way undid its
     changes then and is dropped with its `p`."""
@@ -87,14 +95,14 @@ def finish(p, state=None):
     generation.close()
 
 
-def _stopped(state, step):
+def _stopped(state: State, step: int | None) -> str:
     for flag in ("interrupted", "skipped"):
         if getattr(state, flag, False):
             return f" Sampling was {flag} after denoiser step {step}."
     return ""
 
 
-def on_cfg_denoiser(params):
+def on_cfg_denoiser(params: DenoiserParams) -> None:
     """The WebUI's cfg_denoiser callback, registered once per script load."""
     generation = generation_of(getattr(params.denoiser, "p", None))
     if generation is not None and generation.handles(params.denoiser):

@@ -1,13 +1,20 @@
 """The AutoLoRA accordion, built from the parameters' fields (labels, ranges, hints, where each goes:
 lib_autolora/webui/accordion.py), with the settings' defaults; shared by both hosts (gradio 3 on
 A1111, gradio 4 on Forge)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
 import gradio as gr
 
-from lib_autolora.core.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams
+from lib_autolora.core.params import FIELDS, FIELDS_BY_NAME, AutoLoraParams, Field
 from lib_autolora.webui import accordion, settings
+from lib_autolora.webui.host_objects import Component, Options
+
+Reader = Callable[[Mapping[str, object]], object]  # parsed infotext -> a control's value
 
 
-def _component(field, value, elem_id):
+def _component(field: Field, value: object, elem_id: str) -> Component:
     if field.kind == "number":
         return gr.Slider(label=field.label, info=field.hint, minimum=field.minimum, maximum=field.maximum,
                          step=field.step, value=value, elem_id=elem_id)
@@ -16,7 +23,7 @@ def _component(field, value, elem_id):
     return gr.Checkbox(label=field.label, info=field.hint, value=value, elem_id=elem_id)
 
 
-def _add_rows(rows, add):
+def _add_rows(rows: Sequence[Sequence[Field]], add: Callable[[Field], None]) -> None:
     """A row of one field is the field alone, a longer one a gr.Row."""
     for row in rows:
         if len(row) == 1:
@@ -27,14 +34,15 @@ def _add_rows(rows, add):
                 add(field)
 
 
-def build(tab, opts, input_accordion, switched_off=False):
+def build(tab: str, opts: Options, input_accordion: Callable[..., Component],
+          switched_off: bool = False) -> list[Component]:
     """The components, in the order of FIELDS (the script's positional arguments); `input_accordion`
     is the WebUI's accordion with an enable box in its header."""
     defaults = settings.defaults(opts)
     layout = accordion.sections()
-    made = {}
+    made: dict[str, Component] = {}
 
-    def add(field):
+    def add(field: Field) -> None:
         made[field.name] = _component(field, defaults[field.name], f"autolora_{tab}_{field.name}")
 
     with input_accordion(False, label="AutoLoRA", elem_id=f"autolora_{tab}_enabled") as enabled:
@@ -50,9 +58,9 @@ def build(tab, opts, input_accordion, switched_off=False):
     return [made[field.name] for field in FIELDS]
 
 
-def infotext_fields(components):
+def infotext_fields(components: Sequence[Component]) -> list[tuple[Component, Reader]]:
     """(component, reader) pairs: a pasted infotext sets every control; text without AutoLoRA keys
     gives the built-in defaults, so it leaves AutoLoRA disabled."""
-    def reader(index):
+    def reader(index: int) -> Reader:
         return lambda entries: AutoLoraParams.from_infotext(entries).to_args()[index]
     return [(component, reader(index)) for index, component in enumerate(components)]
