@@ -67,8 +67,8 @@ class DemoConfig:
     sampling_steps: int = 32
     cfg: float = 3.0            # CFG scale of (a) and (b); w1 and w2 of (c) unless given
     gamma: float = 1.5
-    w1: float = None
-    w2: float = None
+    w1: float | None = None
+    w2: float | None = None
     lora_weights: tuple = tuple(round(0.5 + 0.05 * i, 2) for i in range(17))  # 0.5-1.3: the <lora:name:W> swept
     tolerance: float = 0.1
     bandwidth: float = 0.25
