@@ -2,7 +2,7 @@
 only, any Python 3.10+:
 
     python3 tests/quickstart.py demo     # the toy demo: writes autolora-demo.png (about 20 s)
-    python3 tests/quickstart.py test     # lint, the GPU check's CPU rows, tiers 1 and 2: what CI runs
+    python3 tests/quickstart.py test     # lint, type check, the GPU check's CPU rows, tiers 1 and 2: what CI runs
 
 The venv (`--venv`, default .venv) gets torch first, from PyTorch's CPU wheels (about 200 MB) unless
 `--torch-index none` takes it from your package index (on Linux PyPI serves a CUDA build of several GB,
@@ -48,6 +48,7 @@ def demo(python):
 
 def test(python):
     run(python.parent / "ruff", "check", ".")
+    run(python, "-m", "mypy")  # mypy.ini: the lib_autolora package
     out = tempfile.mkdtemp(prefix="autolora-gpu-check-")
     run(python, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out", out)  # runs end to end
     run(python, "-m", "pytest", "tests", "-q")
