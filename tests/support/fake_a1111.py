@@ -305,6 +305,21 @@ def _module(name, **attributes):
     return module.__dict__.update(attributes) or module
 
 
+def denoiser_callbacks():
+    """(callbacks, errors, fire): the on_cfg_denoiser callbacks, the exceptions they raised, and the
+    WebUI's cfg_denoiser_callback, which reports a callback's exception and samples on."""
+    callbacks, errors = [], []
+
+    def fire(params):
+        for callback in callbacks:
+            try:
+                callback(params)
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+
+    return callbacks, errors, fire
+
+
 def install(monkeypatch, backup_dtype=None):
     """Fresh fake modules in sys.modules; returns them with the model and its Lora host (`backup_dtype`:
     see LoraHost)."""
@@ -318,15 +333,7 @@ def install(monkeypatch, backup_dtype=None):
     devices = _module("modules.devices", autocast=lambda disable=False: contextlib.nullcontext())
     shared = _module("modules.shared", sd_model=sd_model, opts=types.SimpleNamespace(
         batch_cond_uncond=True, pad_cond_uncond=False, pad_cond_uncond_v0=False, skip_early_cond=0.0, data={}))
-    callbacks, errors = [], []
-
-    def cfg_denoiser_callback(params):  # the WebUI reports a callback's exception and samples on
-        for callback in callbacks:
-            try:
-                callback(params)
-            except Exception as error:  # noqa: BLE001
-                errors.append(error)
-
+    callbacks, errors, cfg_denoiser_callback = denoiser_callbacks()
     script_callbacks = _module("modules.script_callbacks", CFGDenoiserParams=types.SimpleNamespace, errors=errors,
                                cfg_denoiser_callback=cfg_denoiser_callback,
                                on_cfg_denoiser=lambda callback, *, name=None: callbacks.append(callback))

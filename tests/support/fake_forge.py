@@ -24,7 +24,6 @@ the load device, so a backup is the very Parameter it replaced (as Forge on a CP
 (a GPU's weights backed up on the CPU), which is what makes AutoLoRA's copies cost memory.
 """
 import copy
-import enum
 import math
 import types
 
@@ -139,33 +138,11 @@ class ModelPatcher:
         return self.model.memory_required(input_shape=input_shape)
 
 
-class UnetPatcher(ModelPatcher):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.controlnet_linked_list = None
-        self.extra_preserved_memory_during_sampling = 0
-        self.extra_model_patchers_during_sampling = []
-        self.extra_concat_condition = None
-
-    def clone(self):
-        n = super().clone()
-        n.controlnet_linked_list = self.controlnet_linked_list
-        n.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
-        n.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
-        n.extra_concat_condition = self.extra_concat_condition
-        return n
+class UnetPatcher(webui.UnetExtras, ModelPatcher):
+    pass
 
 
 # -- backend.memory_management --
-
-class VRAMState(enum.Enum):
-    DISABLED = 0
-    NO_VRAM = 1
-    LOW_VRAM = 2
-    NORMAL_VRAM = 3
-    HIGH_VRAM = 4
-    SHARED = 5
-
 
 class LoadedModel:
     def __init__(self, model):
@@ -201,7 +178,7 @@ def load_models_gpu(models, memory_required=0, hard_memory_preservation=0):
 
 def _memory_module():
     return webui._module(
-        "backend.memory_management", VRAMState=VRAMState, vram_state=VRAMState.NORMAL_VRAM,
+        "backend.memory_management", VRAMState=webui.VRAMState, vram_state=webui.VRAMState.NORMAL_VRAM,
         current_loaded_models=[], signal_empty_cache=False, free_memory=2**40,
         get_free_memory=lambda device=None, torch_free_too=False: memory.free_memory,
         soft_empty_cache=lambda force=False: setattr(memory, "signal_empty_cache", False),

@@ -25,6 +25,7 @@ conditioning, masks and areas, the VAE (decoding only calls `p.on_decode`), clip
 token merging, other extra networks, ControlNet, the GPU (devices are the CPU; a host's "offload
 device" is stood in by keeping backups in another dtype, see the backends).
 """
+import enum
 import math
 import sys
 import types
@@ -43,6 +44,37 @@ PROMPT_PARSER = {name: getattr(fake_a1111, name) for name in (
 HIRES_SCALE = 2  # the latent upscaler's factor
 
 shared = host = None  # the modules.shared and the backend of the test under way, set by install()
+
+
+# -- what both backends' patchers and memory managers share --
+
+class UnetExtras:
+    """What the UNet patcher (Forge's backend.patcher.unet, reForge's modules_forge.unet_patcher) adds to
+    its ModelPatcher and carries over to its clones; mixed in before the backend's ModelPatcher."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.controlnet_linked_list = None
+        self.extra_preserved_memory_during_sampling = 0
+        self.extra_model_patchers_during_sampling = []
+        self.extra_concat_condition = None
+
+    def clone(self):
+        n = super().clone()
+        n.controlnet_linked_list = self.controlnet_linked_list
+        n.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
+        n.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
+        n.extra_concat_condition = self.extra_concat_condition
+        return n
+
+
+class VRAMState(enum.Enum):
+    DISABLED = 0
+    NO_VRAM = 1
+    LOW_VRAM = 2
+    NORMAL_VRAM = 3
+    HIGH_VRAM = 4
+    SHARED = 5
 
 
 class InterruptedException(BaseException):
@@ -626,15 +658,7 @@ def install(monkeypatch, backend, backend_modules, unet_patcher, clip_patcher):
         for name in names:
             setattr(cls, name, [None, None])
     networks = Networks({})
-    callbacks, errors = [], []
-
-    def cfg_denoiser_callback(params):  # the WebUI reports a callback's exception and samples on
-        for callback in callbacks:
-            try:
-                callback(params)
-            except Exception as error:  # noqa: BLE001
-                errors.append(error)
-
+    callbacks, errors, cfg_denoiser_callback = fake_a1111.denoiser_callbacks()
     script_callbacks = _module("modules.script_callbacks", cfg_denoiser_callback=cfg_denoiser_callback,
                                on_cfg_denoiser=lambda callback, *, name=None: callbacks.append(callback),
                                callbacks=callbacks, errors=errors)

@@ -30,7 +30,6 @@ in for a backup on another device (so AutoLoRA's copies of the originals cost me
 """
 import collections
 import copy
-import enum
 import math
 import types
 import uuid
@@ -184,33 +183,11 @@ class ModelPatcher:
         return self.model
 
 
-class UnetPatcher(ModelPatcher):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.controlnet_linked_list = None
-        self.extra_preserved_memory_during_sampling = 0
-        self.extra_model_patchers_during_sampling = []
-        self.extra_concat_condition = None
-
-    def clone(self):
-        n = super().clone()
-        n.controlnet_linked_list = self.controlnet_linked_list
-        n.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
-        n.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
-        n.extra_concat_condition = self.extra_concat_condition
-        return n
+class UnetPatcher(webui.UnetExtras, ModelPatcher):
+    pass
 
 
 # -- ldm_patched.modules.model_management --
-
-class VRAMState(enum.Enum):
-    DISABLED = 0
-    NO_VRAM = 1
-    LOW_VRAM = 2
-    NORMAL_VRAM = 3
-    HIGH_VRAM = 4
-    SHARED = 5
-
 
 class LoadedModel:
     """Holds its patcher weakly; once the patcher is gone, its parent (ComfyUI's `_switch_parent`)."""
@@ -254,7 +231,7 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
 
 def _management_module():
     return webui._module(
-        "ldm_patched.modules.model_management", VRAMState=VRAMState, vram_state=VRAMState.NORMAL_VRAM,
+        "ldm_patched.modules.model_management", VRAMState=webui.VRAMState, vram_state=webui.VRAMState.NORMAL_VRAM,
         current_loaded_models=[], free_memory=2**40, low_vram_layers=(),
         get_free_memory=lambda dev=None, torch_free_too=False: management.free_memory,
         load_models_gpu=load_models_gpu, load_model_gpu=lambda model: load_models_gpu([model]))
