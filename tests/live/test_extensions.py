@@ -53,6 +53,10 @@ CASES = {
     "rp_latent": ("regional prompter",
                   {"prompt": RP_PROMPT.format(f"<lora:{LORA}:1>"), "alwayson_scripts": regional("Latent")},
                   {"prompt": RP_PROMPT.format(""), "alwayson_scripts": regional("Latent")}),
+    "dynamic_prompts": ("dynamic prompts", {"prompt": f"a photo of a {{cat <lora:{LORA}:1>|dog <lora:{LORA}:0.7>}}"},
+                        {"prompt": "a photo of a {cat|dog}"}),
+    # ADetailer last: on Forge and reForge each ADetailer request shifts the host's later images by a level,
+    # with or without AutoLoRA, and the cases after it would skip
     # AutoLoRA not in ADetailer's script list (its default): the inpaint passes are plain LoRA generation,
     # so gamma 0's reference is the prompt without the tag, with ADetailer's own prompt keeping it
     "adetailer_outside": ("adetailer", {"prompt": tagged(BASE["prompt"]), "n_iter": 3, "alwayson_scripts": adetailer()},
@@ -60,8 +64,6 @@ CASES = {
     "adetailer_inside": ("adetailer", {"prompt": tagged(BASE["prompt"]), "n_iter": 3, "alwayson_scripts": adetailer(),
                                        "override_settings": AD_INSIDE},
                          {"n_iter": 3, "alwayson_scripts": adetailer(), "override_settings": AD_INSIDE}),
-    "dynamic_prompts": ("dynamic prompts", {"prompt": f"a photo of a {{cat <lora:{LORA}:1>|dog <lora:{LORA}:0.7>}}"},
-                        {"prompt": "a photo of a {cat|dog}"}),
 }
 
 
