@@ -233,8 +233,9 @@ def component(args):
 def live(args):
     from tests.live.webui import WebUI
     webui = WebUI(args.url)
-    payload = dict(prompt=f"a photo of a cat <lora:{args.lora}:1>", negative_prompt="blurry", seed=1, steps=args.steps,
-                   cfg_scale=CFG, width=args.size, height=args.size, sampler_name="Euler", **json.loads(args.fields))
+    payload = {**dict(prompt=f"a photo of a cat <lora:{args.lora}:1>", negative_prompt="blurry", seed=1,
+                      steps=args.steps, cfg_scale=CFG, width=args.size, height=args.size, sampler_name="Euler"),
+               **json.loads(args.fields)}
     runs = [("-", "plain LoRA", None)] + [(mode, name, params) for mode in args.modes.split(",")
                                           for name, params in VARIANTS.items() if params is not None]
     clock = _process_seconds if args.pid else (lambda pid: time.perf_counter())
