@@ -7,9 +7,15 @@ Each family's package states in REQUIRES what of the WebUI its adapter uses, as 
 file holds, what provides it), so `install.py` can name what an unsupported WebUI lacks before the
 first generation instead of failing inside one.
 """
+from __future__ import annotations
+
 import importlib
 import importlib.util
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only: install.py imports this module, which needs only the standard library
+    from lib_autolora.webui.generation import Generation
 
 # (family, the module that marks it, its Generation class); the first whose marker is found runs
 FAMILIES = (("forge", "backend.patcher", "ForgeGeneration"),
@@ -17,26 +23,26 @@ FAMILIES = (("forge", "backend.patcher", "ForgeGeneration"),
             ("a1111", None, "A1111Generation"))
 
 
-def _has(module):
+def _has(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # its parent package is missing
         return False
 
 
-def family():
+def family() -> str:
     """The name of the host family that runs us."""
     return next(name for name, marker, _ in FAMILIES if marker is None or _has(marker))
 
 
-def generation_class():
+def generation_class() -> type[Generation]:
     """The Generation class of the host family that runs us."""
     name = family()
     adapter = importlib.import_module(f"lib_autolora.hosts.{name}.adapter")
     return getattr(adapter, next(cls for family_name, _, cls in FAMILIES if family_name == name))
 
 
-def missing(webui_root, name=None):
+def missing(webui_root: str, name: str | None = None) -> list[tuple[str, str]]:
     """What the WebUI at `webui_root` lacks of what the family's adapter uses: [(file, what provides it)]."""
     requires = importlib.import_module(f"lib_autolora.hosts.{name or family()}").REQUIRES
     lacking = []

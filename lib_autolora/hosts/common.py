@@ -1,7 +1,14 @@
 """What every supported host keeps of A1111's module API: its processing object's cond setup, its
 prompt schedules and its built-in Lora extension's list of loaded networks."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
 from lib_autolora.hosts.layer_off import BatchLayoutError
-from lib_autolora.webui.generation import Generation
+from lib_autolora.webui.generation import Generation, StepConds
+from lib_autolora.webui.host_objects import Conds, Network, Processing
 
 from modules import devices, processing, prompt_parser
 
@@ -14,11 +21,12 @@ LIST_CACHES = ("cond_cache",)
 class CommonGeneration(Generation):
     recoverable = (BatchLayoutError,)  # a batched call that cannot apply falls back to two calls
 
-    def loaded_networks(self):
+    def loaded_networks(self) -> Sequence[Network]:
         import networks  # the host's built-in Lora extension, importable once it has loaded
         return networks.loaded_networks
 
-    def encode_base_conds(self, p, networks_off):
+    def encode_base_conds(self, p: Processing,
+                          networks_off: Callable[[], AbstractContextManager[Any]]) -> tuple[Conds, Conds]:
         """Calls the host's own cond setup on fresh caches, so prompt editing schedules, hires prompts
         and step counts are exactly the host's; restores every field it touches."""
         saved = {name: p.__dict__[name] for name in COND_FIELDS + LIST_CACHES if name in p.__dict__}
@@ -39,7 +47,7 @@ class CommonGeneration(Generation):
                 p.__dict__.pop(name, None)
             p.__dict__.update(saved)
 
-    def conds_at_step(self, c, uc, step):
+    def conds_at_step(self, c: Conds, uc: Conds, step: int) -> StepConds:
         """As the host's denoiser rebuilds them at each step."""
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(c, step)
         return conds_list, tensor, None if uc is None else prompt_parser.reconstruct_cond_batch(uc, step)

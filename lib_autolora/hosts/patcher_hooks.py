@@ -8,18 +8,47 @@ call, where its post-CFG arguments do not say), `evaluate_base(args, with_uncond
 model's (cond, uncond) predictions and `evaluate_batched(run, args)` -> the host's model call, with
 the base rows added where it can.
 """
+from __future__ import annotations
+
 import contextlib
 import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import torch
 
 from lib_autolora.core import guidance
+from lib_autolora.core.params import ParamsMethods
+from lib_autolora.core.report import RunReport
+from lib_autolora.webui.host_objects import Conds, MemoryManager, SdModel, UnetPatcher
+
+ModelOptions = dict[str, Any]  # a patcher's model options
+Args = dict[str, Any]  # the arguments the host hands a hook (post-CFG, model function wrapper)
+Entries = list[dict[str, Any]]  # the host's converted conds: one dict per cond, its "model_conds" among them
+Run = Callable[[Args], torch.Tensor]  # the host's model call, on the wrapper's arguments
+EvaluateBase = Callable[[Args, bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+class HookedGeneration(Protocol):
+    """What the hooks ask of the generation that installs them (see above)."""
+    step_passes: guidance.Passes | None
+    pass_params: ParamsMethods | None
+    report: RunReport
+    in_base_pass: bool
+    host_scale: float | None
+
+    def base_pass(self, exact: bool = ..., batch_rows: int | None = ...) -> AbstractContextManager[None]: ...
+    def lora_pass(self) -> AbstractContextManager[None]: ...
+    def evaluate_base(self, args: Args, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def evaluate_batched(self, run: Run, args: Args) -> torch.Tensor: ...
+
 
 MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
 LOW_VRAM_STATES = ("LOW_VRAM", "NO_VRAM")  # the memory managers' VRAMState names that offload weights
 
 
-def offloading(memory_manager, unet):
+def offloading(memory_manager: MemoryManager, unet: UnetPatcher) -> bool:
     """Whether the family's memory manager (Forge's `backend.memory_management`, ldm_patched's
     `model_management`) keeps the UNet's weights partly off its device: a low-VRAM state
     (`--always-low-vram`, `--always-no-vram`), Forge's CPU swap where the GPU Weights setting leaves too
@@ -34,7 +63,7 @@ def offloading(memory_manager, unet):
 
 
 @contextlib.contextmanager
-def original_text_encoder(sd_model):
+def original_text_encoder(sd_model: SdModel) -> Iterator[None]:
     """The checkpoint's text encoder without the prompt's LoRA, for the base conds."""
     lora_clip = sd_model.forge_objects.clip
     sd_model.forge_objects.clip = sd_model.forge_objects_original.clip
@@ -44,12 +73,13 @@ def original_text_encoder(sd_model):
         sd_model.forge_objects.clip = lora_clip
 
 
-def explicit_scales(params):
+def explicit_scales(params: ParamsMethods) -> list[float]:
     """w1 and w2 where they are set and differ from 1: they need the uncond pass even at CFG scale 1."""
     return [w for w in (params.base_cfg, params.lora_cfg) if w is not None and not math.isclose(w, 1.0)]
 
 
-def host_cfg(uncond, cond, scale, edit_strength, args):
+def host_cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float, edit_strength: float,
+             args: Args) -> torch.Tensor:
     """The sampling function's CFG, written as the host writes it, through the patcher's CFG
     function where an extension set one (dynamic thresholding does)."""
     cfg_function = args["model_options"].get("sampler_cfg_function")
@@ -63,7 +93,7 @@ def host_cfg(uncond, cond, scale, edit_strength, args):
     return uncond + (cond - uncond) * scale * edit_strength
 
 
-def inherit(base_entries, host_entries):
+def inherit(base_entries: Entries, host_entries: Entries | None) -> Entries:
     """Base conds take what the host added to its own (image cond, ControlNet), entry by entry."""
     for base, host in zip(base_entries, host_entries or []):
         for key, value in host.items():
@@ -73,7 +103,9 @@ def inherit(base_entries, host_entries):
     return base_entries
 
 
-def base_conds(step_conds, args, with_uncond, weighted_conds, plain_conds):
+def base_conds(step_conds: tuple[Conds, Conds, Conds], args: Args, with_uncond: bool,
+               weighted_conds: Callable[[Conds, Conds], Entries],
+               plain_conds: Callable[[Conds], Entries]) -> tuple[Entries, Entries | None]:
     """The base model's (cond, uncond) entries for one call, made by the host's converters
     (`weighted_conds(tensor, conds_list)`, `plain_conds(tensor)`) from this step's conds; uncond
     None where the host ran no uncond pass."""
@@ -84,11 +116,11 @@ def base_conds(step_conds, args, with_uncond, weighted_conds, plain_conds):
     return cond_in, inherit(plain_conds(uncond), args["uncond"])
 
 
-def installed(options):
+def installed(options: ModelOptions) -> bool:
     return any(getattr(fn, MARK, False) for fn in options.get("sampler_post_cfg_function", []))
 
 
-def install(options, generation):
+def install(options: ModelOptions, generation: HookedGeneration) -> bool:
     """Puts the generation's post-CFG function first (it must see the host's raw result) and wraps
     the model function, chaining any wrapper already there. Does nothing if already there.
 
@@ -98,13 +130,14 @@ def install(options, generation):
         return False
     previous = options.get("model_function_wrapper")
 
-    def post_cfg(args):
+    def post_cfg(args: Args) -> torch.Tensor:
         return _post_cfg(generation, args)
 
-    def model_function(apply_model, args):
+    def model_function(apply_model: Callable[..., torch.Tensor], args: Args) -> torch.Tensor:
         return _model_function(generation, previous, apply_model, args)
 
-    def keep_post_cfg(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+    def keep_post_cfg(model: Any, x: torch.Tensor, timestep: torch.Tensor, uncond: Any, cond: Any,
+                      cond_scale: float, model_options: ModelOptions, seed: Any) -> tuple[Any, ...]:
         """Forge Neo's sampling_function merges a sampler's own model options over the patcher's per
         call (CFG++ samplers bring a post-CFG list of their own): put ours back in front."""
         functions = model_options.get("sampler_post_cfg_function", [])
@@ -114,40 +147,41 @@ def install(options, generation):
 
     for function in (post_cfg, model_function, keep_post_cfg):
         setattr(function, MARK, True)
-    model_function.previous = previous
+    model_function.previous = previous  # type: ignore[attr-defined]  # what uninstall puts back
     options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
     options["model_function_wrapper"] = model_function
     options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [keep_post_cfg]
     return True
 
 
-def add_modifier(options, modifier):
+def add_modifier(options: ModelOptions, modifier: Callable[..., Any]) -> None:
     """Appends an adapter's own conditioning modifier, marked so that `uninstall` takes it out too."""
     setattr(modifier, MARK, True)
     options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [modifier]
 
 
-def uninstall(options):
+def uninstall(options: ModelOptions) -> None:
     """Takes every marked hook out of `options` again and puts the wrapper it chained back: a patcher
     the host keeps after the generation (Forge keeps the last loaded one) must not hold it."""
-    def ours(function):
+    def ours(function: object) -> bool:
         return getattr(function, MARK, False)
 
     for key in ("sampler_post_cfg_function", "conditioning_modifiers"):
         if key in options:
             options[key] = [function for function in options[key] if not ours(function)]
     wrapper = options.get("model_function_wrapper")
-    if ours(wrapper):
+    if wrapper is not None and ours(wrapper):
         if wrapper.previous is None:
             del options["model_function_wrapper"]
         else:
             options["model_function_wrapper"] = wrapper.previous
 
 
-def _model_function(generation, previous, apply_model, args):
+def _model_function(generation: HookedGeneration, previous: Callable[..., torch.Tensor] | None,
+                    apply_model: Callable[..., torch.Tensor], args: Args) -> torch.Tensor:
     """The host's model call; base-only calls run it with the networks off (exactly, so gamma 0 is
     the base model bit for bit); with batched evaluation the generation may add the base rows."""
-    def run(call_args):
+    def run(call_args: Args) -> torch.Tensor:
         if previous is not None:
             return previous(apply_model, call_args)
         return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
@@ -157,35 +191,42 @@ def _model_function(generation, previous, apply_model, args):
     if generation.step_passes is guidance.Passes.BASE:
         with generation.base_pass(exact=True):
             return run(args)
-    if generation.step_passes is guidance.Passes.BOTH and generation.pass_params.batched:
-        return generation.evaluate_batched(run, args)
+    if generation.step_passes is guidance.Passes.BOTH:
+        params = generation.pass_params
+        assert params is not None, "AutoLoRA applies to this pass"
+        if params.batched:
+            return generation.evaluate_batched(run, args)
     with generation.lora_pass():
         return run(args)
 
 
-def _post_cfg(generation, args):
+def _post_cfg(generation: HookedGeneration, args: Args) -> torch.Tensor:
     if generation.step_passes is None or generation.report.not_applied:
         return args["denoised"]
     host_scale = args.get("cond_scale", generation.host_scale)  # where the host hands it, it is the one it used
+    assert generation.pass_params is not None, "AutoLoRA applies to this pass"
+    assert host_scale is not None, "the host's scale of this call is known"
     return combine(args, generation.step_passes, generation.pass_params, host_scale, generation.evaluate_base)
 
 
-def skips_uncond_at(host_scale, model_options):
+def skips_uncond_at(host_scale: float, model_options: ModelOptions) -> bool:
     """Whether the host skips the uncond pass for its scale: at scale 1, unless told not to."""
     return math.isclose(host_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
 
 
-def uncond_evaluated(args, host_scale):
+def uncond_evaluated(args: Args, host_scale: float) -> bool:
     """Whether the host ran the uncond pass: not where it hands no uncond, nor where it skips it."""
     return args["uncond"] is not None and not skips_uncond_at(host_scale, args["model_options"])
 
 
-def combine(args, passes, params, host_scale, evaluate_base):
+def combine(args: Args, passes: guidance.Passes, params: ParamsMethods, host_scale: float,
+            evaluate_base: EvaluateBase) -> torch.Tensor:
     """The denoised result of one call; `evaluate_base(args, with_uncond)` -> (cond, uncond) base predictions."""
     with_uncond = uncond_evaluated(args, host_scale)
     edit_strength = sum(entry.get("strength", 1) for entry in args["cond"])
 
-    def guided(uncond, cond, w, host_result=None):
+    def guided(uncond: torch.Tensor, cond: torch.Tensor, w: float | None,
+               host_result: torch.Tensor | None = None) -> torch.Tensor:
         scale = host_scale if w is None or not with_uncond else w
         if host_result is not None and scale == host_scale:
             return host_result  # the host's own result, whatever CFG function produced it
@@ -201,7 +242,8 @@ def combine(args, passes, params, host_scale, evaluate_base):
     return guidance.autolora(guided(base_uncond, base_cond, params.base_cfg), lora, params.gamma)
 
 
-def batched_conditioning(host_c, base_entries, cond_or_uncond, input_x):
+def batched_conditioning(host_c: dict[str, Any], base_entries: Entries, cond_or_uncond: Sequence[int],
+                         input_x: torch.Tensor) -> dict[str, Any]:
     """The conditioning of a model call with the base rows appended: for each chunk of the host's call
     (cond or uncond, in its order) the matching base entry's conditions, processed as
     calc_cond_uncond_batch processes them and joined to the host's key by key. Keys the base entries
@@ -231,7 +273,7 @@ def batched_conditioning(host_c, base_entries, cond_or_uncond, input_x):
     return joined
 
 
-def base_predictions(base_rows, cond_or_uncond):
+def base_predictions(base_rows: torch.Tensor, cond_or_uncond: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) predictions from the base rows of a batched call; uncond zero where the host
     evaluated none, as calc_cond_uncond_batch returns it."""
     chunks = dict(zip(cond_or_uncond, base_rows.chunk(len(cond_or_uncond))))

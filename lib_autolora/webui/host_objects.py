@@ -14,3 +14,6 @@ State = Any  # the WebUI's job state, shared.state
 XyzGrid = Any  # the X/Y/Z plot script's module
 Conds = Any  # the WebUI's conds: prompt schedules, their tensors, dicts and lists of them
 Network = Any  # one of the prompt's loaded networks (its `name`)
+SdModel = Any  # the WebUI's loaded checkpoint, p.sd_model
+UnetPatcher = Any  # a ComfyUI-style UNet patcher (Forge's, ldm_patched's), sd_model.forge_objects.unet
+MemoryManager = Any  # a patcher family's memory manager module (backend.memory_management, model_management)
