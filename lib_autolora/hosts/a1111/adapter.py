@@ -9,15 +9,22 @@ bit for bit; a pass that is plain LoRA generation throughout (gamma 1, w2 = CFG)
 With batched evaluation the base rows ride along in the host's own call when it evaluates all rows
 at once, the layers computing the base rows without the networks (`layer_off`).
 """
+from __future__ import annotations
+
 import functools
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
 from lib_autolora.core import guidance
+from lib_autolora.core.params import ParamsMethods
 from lib_autolora.hosts.a1111 import controlnet
 from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
 from lib_autolora.hosts.common import CommonGeneration
 from lib_autolora.hosts.layer_off import BatchLayoutError
+from lib_autolora.webui.host_objects import Conds, Denoiser, DenoiserParams, Options, Processing, SdModel
 
 from modules import shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
@@ -61,30 +68,33 @@ def _join(a, b):
 
 
 class A1111Generation(CommonGeneration):
-    def __init__(self, p, params, opts):
+    switch: NetworkSwitch | None
+
+    def __init__(self, p: Processing, params: ParamsMethods, opts: Options) -> None:
         super().__init__(p, params, opts)
-        self.model = None
-        self.denoiser = None
-        self.denoiser_params = None
-        self.step_base_conds = None
+        self.model: SdModel | None = None
+        self.denoiser: Denoiser | None = None
+        self.denoiser_params: DenoiserParams | None = None
+        self.step_base_conds: tuple[Conds, Conds] | None = None  # (cond tensor, uncond) of the base model
         self.rows_evaluated = 0
-        self.batched_base = None  # the base rows of a batched call, for combine_denoised
-        self.batch_failed = None  # why batched evaluation cannot apply to this generation
+        self.batched_base: torch.Tensor | None = None  # the base rows of a batched call, for combine_denoised
+        self.batch_failed: str | None = None  # why batched evaluation cannot apply to this generation
         self.merged = False  # whether a LoRA call ran in this sampling pass
 
-    def handles(self, denoiser):
+    def handles(self, denoiser: Denoiser) -> bool:
         return denoiser is self.denoiser
 
-    def low_vram(self):
+    def low_vram(self) -> bool:
         """--medvram, --medvram-sdxl (on SDXL) and --lowvram: A1111 moves modules to the device per forward."""
         return bool(getattr(shared.sd_model, "lowvram", False))
 
-    def encode_base_conds(self, p, networks_off):
+    def encode_base_conds(self, p: Processing,
+                          networks_off: Callable[[], AbstractContextManager[Any]]) -> tuple[Conds, Conds]:
         return controlnet.mark_like_host(super().encode_base_conds(p, networks_off), p.get_conds())
 
     # -- once per sampling pass (every batch, and the hires pass) --
 
-    def prepare_pass(self, p):
+    def prepare_pass(self, p: Processing) -> None:
         loaded = self.start_pass(p)
         if loaded is None:
             return
@@ -110,7 +120,7 @@ class A1111Generation(CommonGeneration):
 
     # -- per denoiser call --
 
-    def on_cfg_denoiser(self, params):
+    def on_cfg_denoiser(self, params: DenoiserParams) -> None:
         if shared.sd_model is not self.model:
             self.stand_aside("a refiner swapped the model during sampling")
         self.rows_evaluated = 0
@@ -119,45 +129,51 @@ class A1111Generation(CommonGeneration):
         conds = self.begin_call(params)
         self.step_base_conds = None if conds is None else conds[1:]
 
-    def combine_denoised(self, host_combine, x_out, conds_list, uncond, cond_scale):
+    def combine_denoised(self, host_combine: Callable[..., torch.Tensor], x_out: torch.Tensor,
+                         conds_list: Conds, uncond: Conds, cond_scale: float) -> torch.Tensor:
         if self.report.not_applied:
             return host_combine(x_out, conds_list, uncond, cond_scale)
-        skipped = self.rows_evaluated < self.denoiser_params.x.shape[0]
+        params, denoiser, denoiser_params = self.pass_params, self.denoiser, self.denoiser_params
+        assert params is not None and denoiser is not None and denoiser_params is not None, "a call of this pass"
+        skipped = self.rows_evaluated < denoiser_params.x.shape[0]
 
-        def scale(w):  # the host passes 1.0 when it skipped the uncond pass
+        def scale(w: float | None) -> float:  # the host passes 1.0 when it skipped the uncond pass
             if skipped or w is None:
                 return cond_scale
-            return w * self.denoiser.cond_scale_miltiplier
+            return w * denoiser.cond_scale_miltiplier
 
         if self.step_passes is guidance.Passes.LORA:
-            return host_combine(x_out, conds_list, uncond, scale(self.pass_params.lora_cfg))
+            return host_combine(x_out, conds_list, uncond, scale(params.lora_cfg))
         if self.step_passes is guidance.Passes.BASE:
-            return host_combine(x_out, conds_list, uncond, scale(self.pass_params.base_cfg))
-        lora = host_combine(x_out, conds_list, uncond, scale(self.pass_params.lora_cfg))
+            return host_combine(x_out, conds_list, uncond, scale(params.base_cfg))
+        lora = host_combine(x_out, conds_list, uncond, scale(params.lora_cfg))
         base_out = self.batched_base if self.batched_base is not None else self._evaluate_base(conds_list, skipped)
-        base = host_combine(base_out, conds_list, uncond, scale(self.pass_params.base_cfg))
-        return guidance.autolora(base, lora, self.pass_params.gamma)
+        base = host_combine(base_out, conds_list, uncond, scale(params.base_cfg))
+        return guidance.autolora(base, lora, params.gamma)
 
-    def _base_inputs(self, batch_size, skipped):
+    def _base_inputs(self, batch_size: int, skipped: bool) -> tuple[Any, ...]:
         """(x, sigma, image cond, cond tensor, uncond) of the base pass, padded and cut as the host does."""
-        params, opts = self.denoiser_params, shared.opts
-        tensor, uncond = self.step_base_conds
+        params, opts, denoiser, conds = self.denoiser_params, shared.opts, self.denoiser, self.step_base_conds
+        assert params is not None and denoiser is not None and conds is not None, "the base model runs in this call"
+        tensor, uncond = conds
         x_in, sigma_in, image_cond_in = params.x, params.sigma, params.image_cond
         if skipped:
             x_in, sigma_in, image_cond_in = x_in[:-batch_size], sigma_in[:-batch_size], image_cond_in[:-batch_size]
         if opts.pad_cond_uncond_v0 and tensor.shape[1] != uncond.shape[1]:
-            tensor, uncond = self.denoiser.pad_cond_uncond_v0(tensor, uncond)
+            tensor, uncond = denoiser.pad_cond_uncond_v0(tensor, uncond)
         elif opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
-            tensor, uncond = self.denoiser.pad_cond_uncond(tensor, uncond)
+            tensor, uncond = denoiser.pad_cond_uncond(tensor, uncond)
         return x_in, sigma_in, image_cond_in, tensor, uncond
 
-    def _evaluate_base(self, conds_list, skipped):
+    def _evaluate_base(self, conds_list: Sequence[Any], skipped: bool) -> torch.Tensor:
         """The base model's outputs in the layout of the host's x_out, batched as the host batches."""
-        model, opts = self.denoiser.inner_model, shared.opts
+        denoiser = self.denoiser
+        assert denoiser is not None, "a call of this pass"
+        model, opts = denoiser.inner_model, shared.opts
         batch_size = len(conds_list)
         x_in, sigma_in, image_cond_in, tensor, uncond = self._base_inputs(batch_size, skipped)
 
-        def run(a, b, cond):
+        def run(a: int, b: int, cond: Conds) -> torch.Tensor:
             return model(x_in[a:b], sigma_in[a:b], cond=_condition(cond, image_cond_in[a:b]))
 
         rows = x_in.shape[0]
@@ -177,22 +193,27 @@ class A1111Generation(CommonGeneration):
             out = torch.cat([out] + [out[c[0][0]:c[0][0] + 1] for c in conds_list])
         return out
 
-    def _batch_obstacle(self, x):
+    def _batch_obstacle(self, x: torch.Tensor) -> str | None:
         """Why this call cannot take the base rows too, or None."""
+        denoiser_params = self.denoiser_params
+        assert denoiser_params is not None, "a call of this pass"
         if getattr(shared.opts, "lora_functional", False):
             return "A1111's lora_functional mode adds the networks in each forward instead of merging them"
-        if x.shape[0] != self.denoiser_params.x.shape[0]:
+        if x.shape[0] != denoiser_params.x.shape[0]:
             return "the WebUI splits or skips the cond/uncond rows of this step"
         return None
 
-    def evaluate_batched(self, host_forward, x, sigma, cond):
+    def evaluate_batched(self, host_forward: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
+                         cond: Conds) -> torch.Tensor:
         """The host's call with the base model's rows of the step appended, in one model call; the base
         rows are kept for combine_denoised. Where that cannot apply, says why once and runs two calls."""
         if self.batch_failed:
             with self.lora_pass():
                 return host_forward(x, sigma, cond=cond)
+        switch = self.switch
+        assert switch is not None, "the networks are on in this pass"
         reason = self._batch_obstacle(x)
-        if reason is None and not self.switch.merged_everywhere():
+        if reason is None and not switch.merged_everywhere():
             reason = "the networks are not merged into every layer they change"
         joined = None
         if reason is None:
@@ -214,6 +235,6 @@ class A1111Generation(CommonGeneration):
         with self.lora_pass():
             return host_forward(x, sigma, cond=cond)
 
-    def close(self):
+    def close(self) -> None:
         super().close()
         self.denoiser = self.denoiser_params = self.step_base_conds = None

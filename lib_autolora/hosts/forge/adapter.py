@@ -8,17 +8,22 @@ switched off; and a model function wrapper that runs base-only calls with the pa
 LoRA-only and base-only calls return the host's own result, so gamma 1 and gamma 0 match plain
 generations bit for bit.
 """
+from __future__ import annotations
+
 import functools
 import math
 import os
 import types
+from collections.abc import Sequence
 
 import torch
 
 import lib_autolora.hosts.patcher_hooks as patcher_hooks
+from lib_autolora.core.params import ParamsMethods
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 from lib_autolora.hosts.layer_off import BatchLayoutError
 from lib_autolora.hosts.patcher_generation import PatcherGeneration
+from lib_autolora.webui.host_objects import DenoiserParams, Network, Options, Processing
 
 from backend import memory_management
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
@@ -41,12 +46,15 @@ def _host_cond_scale(denoiser, sigma):
 
 
 class ForgeGeneration(PatcherGeneration):
-    def __init__(self, p, params, opts):
-        super().__init__(p, params, opts)
-        self.batched_base = None  # (cond, uncond) base predictions of a batched call, for post_cfg
-        self.batch_failed = None  # why batched evaluation cannot apply to this generation
+    switch: ForgeLoraSwitch | None
 
-    def loaded_networks(self):
+    def __init__(self, p: Processing, params: ParamsMethods, opts: Options) -> None:
+        super().__init__(p, params, opts)
+        # (cond, uncond) base predictions of a batched call, for post_cfg
+        self.batched_base: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.batch_failed: str | None = None  # why batched evaluation cannot apply to this generation
+
+    def loaded_networks(self) -> Sequence[Network]:
         loaded = super().loaded_networks()
         if loaded:
             return loaded
@@ -57,12 +65,12 @@ class ForgeGeneration(PatcherGeneration):
         files = dict.fromkeys(key[0] for patcher in patchers for key in getattr(patcher, "lora_patches", None) or {})
         return [types.SimpleNamespace(name=os.path.splitext(os.path.basename(name))[0]) for name in files]
 
-    def low_vram(self):
+    def low_vram(self) -> bool:
         return patcher_hooks.offloading(memory_management, self.p.sd_model.forge_objects.unet)
 
     # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
 
-    def prepare_pass(self, p):
+    def prepare_pass(self, p: Processing) -> None:
         loaded = self.start_pass(p)
         if loaded is None:
             return
@@ -72,6 +80,7 @@ class ForgeGeneration(PatcherGeneration):
             return
         c, uc = p.get_conds()
         pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
+        assert self.pass_params is not None, "AutoLoRA applies to this pass"  # start_pass found networks
         explicit = patcher_hooks.explicit_scales(self.pass_params)
         if explicit and math.isclose(pass_scale, 1.0) and uc is None:
             return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, "
@@ -94,22 +103,27 @@ class ForgeGeneration(PatcherGeneration):
 
     # -- per denoiser call --
 
-    def on_cfg_denoiser(self, params):
-        if shared.sd_model.forge_objects.unet.model is not self.switch.model:
+    def on_cfg_denoiser(self, params: DenoiserParams) -> None:
+        switch = self.switch
+        assert switch is not None, "the generation handles this call"
+        if shared.sd_model.forge_objects.unet.model is not switch.model:
             self.stand_aside("a refiner swapped the model during sampling")
         self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
         self.batched_base = None
         self.step_base_conds = self.begin_call(params)
 
-    def _batch_obstacle(self, args):
+    def _batch_obstacle(self, args: patcher_hooks.Args) -> str | None:
         """Why this model call cannot take the base rows too, or None."""
-        conds_list, _, uncond = self.step_base_conds
-        if not self.switch.merged_everywhere():
+        switch, conds = self.switch, self.step_base_conds
+        assert switch is not None and conds is not None, "the base model runs in this call"
+        conds_list, _, uncond = conds
+        if not switch.merged_everywhere():
             return "online LoRA patches are applied in each forward, not merged into the weights"
         if "control" in args["c"]:
             return "ControlNet computes its control for the host's rows only"
         rows = args["cond_or_uncond"]
         # cond rows alone where the host runs an uncond pass: its uncond rows ran in a call of their own
+        assert self.host_scale is not None, "on_cfg_denoiser set this call's scale"
         uncond_apart = rows == [0] and uncond is not None and not patcher_hooks.skips_uncond_at(
             self.host_scale, shared.sd_model.forge_objects.unet.model_options)
         if len(conds_list[0]) != 1 or sorted(rows) not in ([0], [0, 1]) or uncond_apart:
@@ -118,11 +132,12 @@ class ForgeGeneration(PatcherGeneration):
             return "the base model has no uncond here"
         return None
 
-    def evaluate_batched(self, run, args):
+    def evaluate_batched(self, run: patcher_hooks.Run, args: patcher_hooks.Args) -> torch.Tensor:
         """The host's model call with the base model's rows of the step appended; the base predictions
         are kept for post_cfg. Where that cannot apply, says why once and runs two calls."""
         reason = self.batch_failed or self._batch_obstacle(args)
         if reason is None:
+            assert self.step_base_conds is not None, "the base model runs in this call"
             conds_list, tensor, uncond = self.step_base_conds
             entries = compile_weighted_conditions(tensor, conds_list) + (compile_conditions(uncond) or [])
             rows = args["input"].shape[0]
@@ -140,10 +155,11 @@ class ForgeGeneration(PatcherGeneration):
         with self.lora_pass():
             return run(args)
 
-    def evaluate_base(self, args, with_uncond):
+    def evaluate_base(self, args: patcher_hooks.Args, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
         if self.batched_base is not None:
             return self.batched_base
+        assert self.step_base_conds is not None, "the base model runs in this call"
         cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
                                                       compile_weighted_conditions, compile_conditions)
         with self.base_pass():
