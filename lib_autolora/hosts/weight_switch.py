@@ -15,6 +15,7 @@ Host-free: a subclass says where its host keeps the backup, the per-forward patc
 """
 import contextlib
 import time
+from typing import Any
 
 from lib_autolora.hosts.layer_off import LowRankTerm, OffLayer, OffSwitch, get_slot, low_rank_part
 
@@ -88,7 +89,7 @@ class WeightSwitch(OffSwitch):
         source = (self.merged_state(), [(key, id(original)) for key, original in originals.items()])
         if source == self._source:
             return self._offs
-        fields = {}
+        fields: dict[str, list[tuple[str, Any, str]]] = {}  # layer path -> (name, original, key)
         for key, original in originals.items():
             path, _, name = key.rpartition(".")
             fields.setdefault(path, []).append((name, original, key))

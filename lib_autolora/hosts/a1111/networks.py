@@ -40,6 +40,7 @@ def _base_fields(layer):
     weights = getattr(layer, "network_weights_backup", None)
     bias = getattr(layer, "network_bias_backup", None)
     if hasattr(layer, "in_proj_weight"):  # MultiheadAttention
+        assert weights is not None, "A1111 backs up the weights of every layer the networks change"
         in_proj, out_proj = weights
         return [(layer, "in_proj_weight", in_proj), (layer.out_proj, "weight", out_proj),
                 (layer.out_proj, "bias", bias)]

@@ -25,7 +25,9 @@ class LdmPatchedLoraSwitch(WeightSwitch):
 
     def originals(self):
         backup = self.current_patcher().backup
-        return {key: entry.weight if isinstance(entry, tuple) else entry for key, entry in backup.items()}
+        # a backup entry is the host's namedtuple holding the weight, or the tensor itself
+        return {key: entry.weight if isinstance(entry, tuple) else entry  # type: ignore[attr-defined]
+                for key, entry in backup.items()}
 
     def online_patches(self):
         if self.patch_type is None:
