@@ -4,10 +4,11 @@ only, any Python 3.10+:
     python3 tests/quickstart.py demo     # the toy demo: writes autolora-demo.png (about 20 s)
     python3 tests/quickstart.py test     # lint, type check, the GPU check's CPU rows, tiers 1 and 2: what CI runs
 
-The venv (`--venv`, default .venv) gets torch first, from PyTorch's CPU wheels (about 200 MB) unless
-`--torch-index none` takes it from your package index (on Linux PyPI serves a CUDA build of several GB,
-which runs the tests as well), then requirements-test.txt. A venv that has torch already is used as
-it is. `.ci/run` calls `test` on a fresh venv."""
+The venv (`--venv` or AUTOLORA_VENV, default .venv) gets torch first, from PyTorch's CPU wheels
+(about 200 MB) unless `--torch-index none` (or AUTOLORA_TORCH_INDEX=none) takes it from your package
+index (on Linux PyPI serves a CUDA build of several GB, which runs the tests as well), then
+requirements-test.txt. A venv that has torch already is used as it is. `.ci/run` calls `test` on a
+fresh venv."""
 import argparse
 import os
 import subprocess
@@ -57,7 +58,7 @@ def test(python):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("demo", "test"))
-    parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
+    parser.add_argument("--venv", type=Path, default=os.environ.get("AUTOLORA_VENV", ROOT / ".venv"))
     parser.add_argument("--torch-index", default=os.environ.get("AUTOLORA_TORCH_INDEX", CPU_INDEX),
                         help=f"where torch comes from (default {CPU_INDEX}); none: the package index pip uses")
     args = parser.parse_args(argv)
