@@ -51,7 +51,7 @@ COLUMNS = ("dtype", "file", "mode", "variant", "s/step", "x plain", "peak +MiB",
 
 def auto_choices(switch):
     """The path `auto` takes for this switch's layers with 8, 12 and 24 GB free, and the copies' size."""
-    offs = list(switch.ways.ways)
+    offs = list(switch.layers.ways)
     choices = {}
     for free in FREE_GB:
         ways = layer_off.LayerSwitch("auto")

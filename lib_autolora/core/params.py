@@ -266,11 +266,12 @@ class ParamsMethods:
         """Positional values in UI form (0 for a CFG scale that follows the generation's)."""
         return [f.ui_form(getattr(self, f.name)) for f in self.FIELDS]
 
-    def base_scale(self, cfg_scale: float) -> float:
-        return cfg_scale if self.base_cfg is None else self.base_cfg
-
-    def lora_scale(self, cfg_scale: float) -> float:
-        return cfg_scale if self.lora_cfg is None else self.lora_cfg
+    def scales(self, cfg_scale: float, multiplier: float = 1.0) -> tuple[float, float]:
+        """(w1, w2) for a call the host guides with `cfg_scale`: each one set, times the host's scale
+        multiplier (A1111's `cond_scale_miltiplier`, already in `cfg_scale`), else the host's scale itself."""
+        def scale(w: float | None) -> float:
+            return cfg_scale if w is None else w * multiplier
+        return scale(self.base_cfg), scale(self.lora_cfg)
 
     def to_infotext(self) -> dict[str, object]:
         """Infotext entries: the enable flag and every value that differs from its default (a hires

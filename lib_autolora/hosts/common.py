@@ -6,8 +6,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from lib_autolora.core.step import StepConds
 from lib_autolora.hosts.layer_off import BatchLayoutError
-from lib_autolora.webui.generation import Generation, StepConds
+from lib_autolora.webui.generation import Generation
 from lib_autolora.webui.host_objects import Conds, Network, Processing
 
 from modules import devices, processing, prompt_parser

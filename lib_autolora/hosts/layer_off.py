@@ -22,9 +22,12 @@ A switch swaps attributes only: a layer's parameter slots for `copy`, its instan
 host merged bit for bit as it was.
 """
 import contextlib
+import time
 
 import torch
 import torch.nn.functional as F
+
+from lib_autolora.core.recorder import Recorder
 
 COPY, STREAM, TERM = "copy", "stream", "term"
 COMFORTABLE_SHARE = 0.5  # copies only where they take at most this share of the device's budget
@@ -60,13 +63,6 @@ def device_budget(device):
 def get_slot(owner, name):
     """A module's tensor, read past nn.Module.__getattr__ (a switch touches hundreds of layers twice)."""
     return owner._parameters[name] if name in owner._parameters else getattr(owner, name)
-
-
-def put_slot(owner, name, value):
-    if name in owner._parameters:
-        owner._parameters[name] = value
-    else:
-        setattr(owner, name, value)
 
 
 def _conv_config(layer):
@@ -188,16 +184,19 @@ class OffLayer:
             self.copies = values
         return values
 
+    def swap_in(self, values, recorder):
+        """Puts `values` into the layer's slots, to be undone by `recorder`."""
+        for (owner, name, _), value in zip(self.fields, values):
+            recorder.set_slot(owner, name, value)
+
     @contextlib.contextmanager
     def swapped(self, values):
-        merged = [get_slot(owner, name) for owner, name, _ in self.fields]
+        recorder = Recorder()
         try:
-            for (owner, name, _), value in zip(self.fields, values):
-                put_slot(owner, name, value)
+            self.swap_in(values, recorder)
             yield
         finally:
-            for (owner, name, _), value in zip(self.fields, merged):
-                put_slot(owner, name, value)
+            recorder.undo()
 
     # -- the forwards a switch installs --
 
@@ -283,33 +282,17 @@ class LayerSwitch:
             else:
                 self.ways[off] = TERM if off.term is not None else STREAM
 
-    def turn_off(self, off, exact):
-        """Switches one layer off; returns what `turn_on` needs to undo it."""
+    def turn_off(self, off, exact, recorder):
+        """Switches one layer off, to be undone by `recorder`."""
         way = self.ways[off]
         if way == TERM and exact:
             way = COPY if off.copy_bytes() == 0 else STREAM
         if way == COPY and self.base_rows is None:
-            values = off.copies if off.copies is not None else off.originals(keep=True)
-            merged = [get_slot(owner, name) for owner, name, _ in off.fields]
-            for (owner, name, _), value in zip(off.fields, values):
-                put_slot(owner, name, value)
-            return off, merged, None
+            off.swap_in(off.copies if off.copies is not None else off.originals(keep=True), recorder)
+            return
         if way == COPY and off.copies is None:
             off.originals(keep=True)
-        previous = off.layer.__dict__.get("forward")
-        off.layer.__dict__["forward"] = off.term_forward if way == TERM else off.originals_forward
-        return off, None, previous
-
-    @staticmethod
-    def turn_on(undo):
-        off, merged, previous = undo
-        if merged is not None:
-            for (owner, name, _), value in zip(off.fields, merged):
-                put_slot(owner, name, value)
-        elif previous is None:
-            del off.layer.__dict__["forward"]
-        else:
-            off.layer.__dict__["forward"] = previous
+        recorder.set_attr(off.layer, "forward", off.term_forward if way == TERM else off.originals_forward)
 
     def held_bytes(self):
         return sum(off.held_bytes() for off in self.ways)
@@ -337,27 +320,50 @@ class LayerSwitch:
 
 
 class OffSwitch:
-    """What every host's network switch keeps: each layer's way without its networks (`ways`), the
+    """What every host's network switch keeps: each layer's way without its networks (`layers`), the
     number of switches and the time they took."""
 
     def __init__(self, mode):
-        self.ways = LayerSwitch(mode)
+        self.layers = LayerSwitch(mode)
         self.switches = 0
         self.switch_seconds = 0.0  # time spent switching off and on, not in the model
 
+    @contextlib.contextmanager
+    def switched_off(self, make_offs, exact, batch_rows, also=None):
+        """The OffLayers that `make_offs()` returns off inside, and whatever `also(recorder)` changes besides
+        (the host's own bookkeeping); all of it undone after. Counts the switch and the time it takes."""
+        started = time.perf_counter()
+        offs = make_offs()
+        self.layers.decide(offs)
+        recorder = Recorder()
+        try:
+            self.layers.base_rows = None if batch_rows is None else slice(batch_rows, 2 * batch_rows)
+            for off in offs:
+                self.layers.turn_off(off, exact, recorder)
+            if also is not None:
+                also(recorder)
+            self.switches += 1
+            self.switch_seconds += time.perf_counter() - started
+            yield
+        finally:
+            started = time.perf_counter()
+            self.layers.base_rows = None
+            recorder.undo()
+            self.switch_seconds += time.perf_counter() - started
+
     def held_bytes(self):
         """Memory held for the base pass: copies of originals and low-rank factors on the device."""
-        return self.ways.held_bytes()
+        return self.layers.held_bytes()
 
     def changed_bytes(self):
-        return self.ways.changed_bytes()
+        return self.layers.changed_bytes()
 
     def describe(self):
-        return self.ways.describe()
+        return self.layers.describe()
 
     def release_held(self):
         """At the end of a sampling pass: copies and factors go, the layers' ways stay."""
-        self.ways.release_held()
+        self.layers.release_held()
 
     def release(self):
-        self.ways.release()
+        self.layers.release()

@@ -2,11 +2,9 @@
 patcher's model options, the post-CFG combination on their argument layout, and the text encoder
 without LoRA. Host-free: the WebUI's objects are handed in.
 
-A generation that installs the hooks provides `step_passes`, `pass_params`, `report`,
-`in_base_pass`, `base_pass()`, `lora_pass()`, `host_scale` (the CFG scale the host used for the
-call, where its post-CFG arguments do not say), `evaluate_base(args, with_uncond)` -> the base
-model's (cond, uncond) predictions and `evaluate_batched(run, args)` -> the host's model call, with
-the base rows added where it can.
+What a generation that installs the hooks provides is `HookedGeneration`; the call under way is its
+`step` (`core.step.Step`: the passes, the pass's settings and, where the post-CFG arguments do not
+say it, the host's CFG scale). The hooks go in and out through the generation's recorder.
 """
 from __future__ import annotations
 
@@ -20,7 +18,9 @@ import torch
 
 from lib_autolora.core import guidance
 from lib_autolora.core.params import ParamsMethods
+from lib_autolora.core.recorder import Recorder
 from lib_autolora.core.report import RunReport
+from lib_autolora.core.step import Step, StepConds
 from lib_autolora.webui.host_objects import Conds, MemoryManager, SdModel, UnetPatcher
 
 ModelOptions = dict[str, Any]  # a patcher's model options
@@ -31,12 +31,10 @@ EvaluateBase = Callable[[Args, bool], tuple[torch.Tensor, torch.Tensor]]
 
 
 class HookedGeneration(Protocol):
-    """What the hooks ask of the generation that installs them (see above)."""
-    step_passes: guidance.Passes | None
-    pass_params: ParamsMethods | None
+    """What the hooks ask of the generation that installs them."""
+    step: Step | None  # the denoiser call under way
     report: RunReport
-    in_base_pass: bool
-    host_scale: float | None
+    in_base_pass: bool  # inside the generation's own base evaluation
 
     def base_pass(self, exact: bool = ..., batch_rows: int | None = ...) -> AbstractContextManager[None]: ...
     def lora_pass(self) -> AbstractContextManager[None]: ...
@@ -44,7 +42,7 @@ class HookedGeneration(Protocol):
     def evaluate_batched(self, run: Run, args: Args) -> torch.Tensor: ...
 
 
-MARK = "autolora"  # attribute that marks our post-CFG function in a patcher's options
+MARK = "autolora"  # attribute that marks our functions in a patcher's options (and in the copies the host makes)
 LOW_VRAM_STATES = ("LOW_VRAM", "NO_VRAM")  # the memory managers' VRAMState names that offload weights
 
 
@@ -103,7 +101,7 @@ def inherit(base_entries: Entries, host_entries: Entries | None) -> Entries:
     return base_entries
 
 
-def base_conds(step_conds: tuple[Conds, Conds, Conds], args: Args, with_uncond: bool,
+def base_conds(step_conds: StepConds, args: Args, with_uncond: bool,
                weighted_conds: Callable[[Conds, Conds], Entries],
                plain_conds: Callable[[Conds], Entries]) -> tuple[Entries, Entries | None]:
     """The base model's (cond, uncond) entries for one call, made by the host's converters
@@ -120,14 +118,12 @@ def installed(options: ModelOptions) -> bool:
     return any(getattr(fn, MARK, False) for fn in options.get("sampler_post_cfg_function", []))
 
 
-def install(options: ModelOptions, generation: HookedGeneration) -> bool:
+def install(options: ModelOptions, generation: HookedGeneration, recorder: Recorder) -> None:
     """Puts the generation's post-CFG function first (it must see the host's raw result) and wraps
-    the model function, chaining any wrapper already there. Does nothing if already there.
+    the model function, chaining any wrapper already there; `recorder` undoes it.
 
     The hooks are plain functions: the patchers deep-copy model options when they clone, and
     deepcopy keeps functions as they are but would copy a bound method's whole generation."""
-    if installed(options):
-        return False
     previous = options.get("model_function_wrapper")
 
     def post_cfg(args: Args) -> torch.Tensor:
@@ -147,22 +143,22 @@ def install(options: ModelOptions, generation: HookedGeneration) -> bool:
 
     for function in (post_cfg, model_function, keep_post_cfg):
         setattr(function, MARK, True)
-    model_function.previous = previous  # type: ignore[attr-defined]  # what uninstall puts back
-    options["sampler_post_cfg_function"] = [post_cfg] + options.get("sampler_post_cfg_function", [])
-    options["model_function_wrapper"] = model_function
-    options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [keep_post_cfg]
-    return True
+    model_function.previous = previous  # type: ignore[attr-defined]  # what uninstall puts back in a copy
+    recorder.set_item(options, "sampler_post_cfg_function", [post_cfg] + options.get("sampler_post_cfg_function", []))
+    recorder.set_item(options, "model_function_wrapper", model_function)
+    add_modifier(options, keep_post_cfg, recorder)
 
 
-def add_modifier(options: ModelOptions, modifier: Callable[..., Any]) -> None:
-    """Appends an adapter's own conditioning modifier, marked so that `uninstall` takes it out too."""
+def add_modifier(options: ModelOptions, modifier: Callable[..., Any], recorder: Recorder) -> None:
+    """Appends a conditioning modifier (the last step before sampling_function), marked as ours."""
     setattr(modifier, MARK, True)
-    options["conditioning_modifiers"] = options.get("conditioning_modifiers", []) + [modifier]
+    recorder.set_item(options, "conditioning_modifiers", options.get("conditioning_modifiers", []) + [modifier])
 
 
 def uninstall(options: ModelOptions) -> None:
-    """Takes every marked hook out of `options` again and puts the wrapper it chained back: a patcher
-    the host keeps after the generation (Forge keeps the last loaded one) must not hold it."""
+    """Takes every marked hook out of a copy the host made of hooked options (a clone of a hooked patcher,
+    which the host may keep after the generation: Forge keeps the last loaded one), where the recorder
+    that installed them cannot reach, and puts the wrapper they chained back."""
     def ours(function: object) -> bool:
         return getattr(function, MARK, False)
 
@@ -186,27 +182,28 @@ def _model_function(generation: HookedGeneration, previous: Callable[..., torch.
             return previous(apply_model, call_args)
         return apply_model(call_args["input"], call_args["timestep"], **call_args["c"])
 
-    if generation.in_base_pass:  # the adapter's own base evaluation
+    step = generation.step
+    if generation.in_base_pass or step is None:  # the adapter's own base evaluation
         return run(args)
-    if generation.step_passes is guidance.Passes.BASE:
+    if step.passes is guidance.Passes.BASE:
         with generation.base_pass(exact=True):
             return run(args)
-    if generation.step_passes is guidance.Passes.BOTH:
-        params = generation.pass_params
-        assert params is not None, "AutoLoRA applies to this pass"
-        if params.batched:
+    if step.passes is guidance.Passes.BOTH:
+        assert step.params is not None, "AutoLoRA applies to this pass"
+        if step.params.batched:
             return generation.evaluate_batched(run, args)
     with generation.lora_pass():
         return run(args)
 
 
 def _post_cfg(generation: HookedGeneration, args: Args) -> torch.Tensor:
-    if generation.step_passes is None or generation.report.not_applied:
+    step = generation.step
+    if step is None or generation.report.not_applied:
         return args["denoised"]
-    host_scale = args.get("cond_scale", generation.host_scale)  # where the host hands it, it is the one it used
-    assert generation.pass_params is not None, "AutoLoRA applies to this pass"
+    host_scale = args.get("cond_scale", step.host_scale)  # where the host hands it, it is the one it used
+    assert step.params is not None, "AutoLoRA applies to this pass"
     assert host_scale is not None, "the host's scale of this call is known"
-    return combine(args, generation.step_passes, generation.pass_params, host_scale, generation.evaluate_base)
+    return combine(args, step.passes, step.params, host_scale, generation.evaluate_base)
 
 
 def skips_uncond_at(host_scale: float, model_options: ModelOptions) -> bool:
@@ -225,21 +222,22 @@ def combine(args: Args, passes: guidance.Passes, params: ParamsMethods, host_sca
     with_uncond = uncond_evaluated(args, host_scale)
     edit_strength = sum(entry.get("strength", 1) for entry in args["cond"])
 
-    def guided(uncond: torch.Tensor, cond: torch.Tensor, w: float | None,
+    w1, w2 = params.scales(host_scale) if with_uncond else (host_scale, host_scale)  # no uncond: no CFG to scale
+
+    def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float,
                host_result: torch.Tensor | None = None) -> torch.Tensor:
-        scale = host_scale if w is None or not with_uncond else w
         if host_result is not None and scale == host_scale:
             return host_result  # the host's own result, whatever CFG function produced it
         return host_cfg(uncond, cond, scale, edit_strength, args)
 
     host = args["uncond_denoised"], args["cond_denoised"]
     if passes is guidance.Passes.LORA:
-        return guided(*host, params.lora_cfg, args["denoised"])
+        return guided(*host, w2, args["denoised"])
     if passes is guidance.Passes.BASE:  # the host evaluated the base model
-        return guided(*host, params.base_cfg, args["denoised"])
-    lora = guided(*host, params.lora_cfg, args["denoised"])
+        return guided(*host, w1, args["denoised"])
+    lora = guided(*host, w2, args["denoised"])
     base_cond, base_uncond = evaluate_base(args, with_uncond)
-    return guidance.autolora(guided(base_uncond, base_cond, params.base_cfg), lora, params.gamma)
+    return guidance.autolora(guided(base_uncond, base_cond, w1), lora, params.gamma)
 
 
 def batched_conditioning(host_c: dict[str, Any], base_entries: Entries, cond_or_uncond: Sequence[int],

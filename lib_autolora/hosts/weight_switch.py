@@ -14,19 +14,9 @@ model's Parameter: a patcher that updates weights in place has overwritten that 
 Host-free: a subclass says where its host keeps the backup, the per-forward patches and the factors.
 """
 import contextlib
-import time
 from typing import Any
 
 from lib_autolora.hosts.layer_off import LowRankTerm, OffLayer, OffSwitch, get_slot, low_rank_part
-
-ABSENT = object()  # an attribute that is not set on the object itself
-
-
-def _assign(obj, name, value):
-    if value is ABSENT:
-        obj.__dict__.pop(name, None)
-    else:
-        setattr(obj, name, value)
 
 
 class WeightSwitch(OffSwitch):
@@ -41,7 +31,7 @@ class WeightSwitch(OffSwitch):
         raise NotImplementedError
 
     def online_patches(self):
-        """[(object, attribute, its value with the networks off, or ABSENT)] for patches applied at each forward."""
+        """[(object, attribute, its value with the networks off or recorder.ABSENT)]: the per-forward patches."""
         raise NotImplementedError
 
     def merged_state(self):
@@ -93,14 +83,14 @@ class WeightSwitch(OffSwitch):
         for key, original in originals.items():
             path, _, name = key.rpartition(".")
             fields.setdefault(path, []).append((name, original, key))
-        self.ways.release()
+        self.layers.release()
         self._offs = []
         for path, entries in fields.items():
             layer = self.model.get_submodule(path) if path else self.model
             weight_only = [name for name, _, _ in entries] == ["weight"]
             term = self._low_rank_term(layer, entries[0][2]) if weight_only else None
             self._offs.append(OffLayer(layer, [(layer, name, original) for name, original, _ in entries], term,
-                                       self.ways))
+                                       self.layers))
         self._source = source
         return self._offs
 
@@ -113,26 +103,11 @@ class WeightSwitch(OffSwitch):
         if not originals and not online:
             yield
             return
-        started = time.perf_counter()
-        offs = self._off_layers(originals)
-        self.ways.decide(offs)
-        undo, undo_online = [], []  # layer_off's undo entries; (object, attribute, value to put back)
-        try:
-            self.ways.base_rows = None if batch_rows is None else slice(batch_rows, 2 * batch_rows)
-            for off in offs:
-                undo.append(self.ways.turn_off(off, exact))
-            for obj, name, off in online:
-                undo_online.append((obj, name, obj.__dict__.get(name, ABSENT)))
-                _assign(obj, name, off)
-            self.switches += 1
+
+        def online_off(recorder):
+            for obj, name, value in online:
+                recorder.set_attr(obj, name, value)
             self.online_off = max(self.online_off, len(online))
-            self.switch_seconds += time.perf_counter() - started
+
+        with self.switched_off(lambda: self._off_layers(originals), exact, batch_rows, online_off):
             yield
-        finally:
-            started = time.perf_counter()
-            self.ways.base_rows = None
-            for entry in reversed(undo):
-                self.ways.turn_on(entry)
-            for obj, name, value in reversed(undo_online):
-                _assign(obj, name, value)
-            self.switch_seconds += time.perf_counter() - started

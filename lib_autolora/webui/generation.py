@@ -15,18 +15,18 @@ from typing import Any, Protocol
 
 from lib_autolora.core import guidance
 from lib_autolora.core.params import FIELDS, ParamsMethods
+from lib_autolora.core.recorder import Recorder
 from lib_autolora.core.report import RunReport
+from lib_autolora.core.step import Step, StepConds
 from lib_autolora.webui import console, settings, testing
 from lib_autolora.webui.host_objects import Conds, Denoiser, DenoiserParams, Network, Options, Processing, Sampler
-
-StepConds = tuple[Conds, Conds, Conds]  # (conds_list, cond tensor, uncond tensor or None) at one step
 
 
 class Switch(Protocol):
     """What a generation asks of its host's network switch (hosts/: A1111's, the patchers')."""
     switches: int  # times the networks were switched off and on again
     switch_seconds: float
-    ways: Any  # its hosts/layer_off.py LayerSwitch: the layers it switches, for the test state report
+    layers: Any  # its hosts/layer_off.py LayerSwitch: the layers it switches, for the test state report
 
     def networks_off(self, exact: bool = ..., batch_rows: int | None = ...) -> AbstractContextManager[Any]: ...
     def held_bytes(self) -> int: ...
@@ -60,10 +60,9 @@ class Generation:
         self.switch_key: object = None
         self.base_c: Conds = None  # the base model's conds for the pass under way
         self.base_uc: Conds = None
-        self.step_passes: guidance.Passes | None = None
-        self.step: int | None = None  # the denoiser step under way
+        self.step: Step | None = None  # the denoiser call under way, as begin_call decided it
         self.in_base_pass = False
-        self.patched: list[tuple[object, str, object]] = []  # (object, attribute, previous value or self) to undo
+        self.recorder = Recorder()  # every patch and hook of the generation, undone by close()
         self.held_at_most = 0  # bytes the network switches held at once, for the console line
 
     # -- what each host provides --
@@ -97,7 +96,11 @@ class Generation:
 
     # -- shared by every host --
 
-    def _give_up(self, reason: str) -> bool:
+    @property
+    def step_number(self) -> int | None:
+        return None if self.step is None else self.step.number
+
+    def _stop_applying(self, reason: str) -> bool:
         """AutoLoRA stands aside for the rest of the generation; True the first time."""
         if not self.report.stand_aside(reason):
             return False
@@ -106,7 +109,7 @@ class Generation:
         return True
 
     def stand_aside(self, reason: str) -> None:
-        if self._give_up(reason) and settings.console_summary(self.opts):
+        if self._stop_applying(reason) and settings.console_summary(self.opts):
             done = "the rest is generated" if self.report.active_steps else "generating"
             console.say(f"AutoLoRA: not applied, {reason}; {done} as usual.")
 
@@ -121,7 +124,7 @@ class Generation:
             raise
         except Exception as error:
             self.close()
-            if self._give_up(f"{what} failed"):
+            if self._stop_applying(f"{what} failed"):
                 console.say(f"AutoLoRA: {what} failed ({type(error).__name__}: {str(error)[:200]}); "
                             "AutoLoRA undid its changes and stands aside for the rest of this generation.")
             raise
@@ -131,7 +134,7 @@ class Generation:
         """A model evaluation of the base model: the prompt's networks off inside (`exact`: bit for bit;
         `batch_rows`: off only for the rows after the first `batch_rows`, a batched call)."""
         assert self.switch is not None, "a base pass needs the network switch"
-        with self.failing(f"the base pass at step {self.step}"), self.switch.networks_off(exact, batch_rows):
+        with self.failing(f"the base pass at step {self.step_number}"), self.switch.networks_off(exact, batch_rows):
             self.in_base_pass = True
             try:
                 testing.inject(self, "base")
@@ -142,9 +145,21 @@ class Generation:
     @contextlib.contextmanager
     def lora_pass(self) -> Iterator[None]:
         """A model evaluation of the LoRA model, as the host runs it."""
-        with self.failing(f"the LoRA pass at step {self.step}"):
+        with self.failing(f"the LoRA pass at step {self.step_number}"):
             testing.inject(self, "lora")
             yield
+
+    def check_model(self, model_now: object, model_of_pass: object) -> None:
+        """Stands aside where the model sampling now is not the one the pass was set up on."""
+        if model_now is not model_of_pass:
+            self.stand_aside("a refiner swapped the model during sampling")
+
+    def two_calls(self, reason: str, run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Batched evaluation cannot take this call: says why once and runs the host's call as the LoRA pass
+        (the base pass follows in a call of its own)."""
+        self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
+        with self.lora_pass():
+            return run(*args, **kwargs)
 
     def say_once(self, message: str) -> None:
         if self.report.note(message) and settings.console_summary(self.opts):
@@ -210,7 +225,7 @@ class Generation:
                 self.end_pass()
 
         launch_sampling.ends_pass_of = self  # type: ignore[attr-defined]  # marks it as this generation's
-        self.patch(sampler, "launch_sampling", launch_sampling)
+        self.recorder.set_attr(sampler, "launch_sampling", launch_sampling)
 
     def end_pass(self) -> None:
         """The sampling pass is over: what the switch holds on the device goes (a later pass makes it again)."""
@@ -218,29 +233,25 @@ class Generation:
             self.held_at_most = max(self.held_at_most, self.switch.held_bytes())
             self.switch.release_held()
 
-    def begin_call(self, params: DenoiserParams) -> StepConds | None:
-        """Decides the passes of a denoiser call; returns (conds_list, cond, uncond) of the base
-        model at this step when it runs, and hands them to the host for a base-only call."""
+    def begin_call(self, params: DenoiserParams, host_scale: float | None = None) -> Step:
+        """Decides the denoiser call (its passes, and the base model's conds at this step where it runs),
+        keeps it as `step` for the host code that runs the call, and hands the base conds to the host's
+        denoiser for a base-only call. `host_scale`: the call's CFG scale, where the host code knows it."""
         denoiser = params.denoiser
-        self.step = denoiser.step
-        testing.pace(self)
-        progress = denoiser.step / denoiser.total_steps if denoiser.total_steps else 0.0
+        number = denoiser.step
+        progress = number / denoiser.total_steps if denoiser.total_steps else 0.0
         if self.report.not_applied:
-            self.step_passes = guidance.Passes.LORA
+            passes = guidance.Passes.LORA
         else:
             assert self.pass_params is not None, "AutoLoRA applies to this pass"
-            self.step_passes = guidance.passes_for(self.pass_params, progress)
-        self.report.record(self.step_passes, denoiser.step, pass_label(self.p))
-        if self.step_passes is guidance.Passes.LORA:
-            return None
-        conds = self.conds_at_step(self.base_c, self.base_uc, denoiser.step)
-        if self.step_passes is guidance.Passes.BASE:
+            passes = guidance.passes_for(self.pass_params, progress)
+        conds = None if passes is guidance.Passes.LORA else self.conds_at_step(self.base_c, self.base_uc, number)
+        self.step = Step(number, passes, self.pass_params, conds, host_scale)
+        testing.pace(self)
+        self.report.record(passes, number, pass_label(self.p))
+        if conds is not None and passes is guidance.Passes.BASE:
             params.text_cond, params.text_uncond = conds[1], conds[2]
-        return conds
-
-    def patch(self, obj: Any, name: str, value: object) -> None:
-        self.patched.append((obj, name, obj.__dict__.get(name, self)))
-        setattr(obj, name, value)
+        return self.step
 
     def summary(self) -> str | None:
         switch = self.switch
@@ -251,11 +262,6 @@ class Generation:
                                    switch.changed_bytes())
 
     def close(self) -> None:
-        for obj, name, previous in reversed(self.patched):
-            if previous is self:
-                obj.__dict__.pop(name, None)
-            else:
-                setattr(obj, name, previous)
-        self.patched.clear()
+        self.recorder.undo()
         if self.switch is not None:
             self.switch.release()

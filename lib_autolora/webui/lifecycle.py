@@ -91,7 +91,7 @@ def finish(p: Processing, state: State = None) -> None:
         return
     line = generation.summary()
     if line and settings.console_summary(generation.opts):
-        console.say(line + _stopped(state, generation.step))
+        console.say(line + _stopped(state, generation.step_number))
     generation.close()
 
 

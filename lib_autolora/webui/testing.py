@@ -42,8 +42,10 @@ counts: collections.Counter[str] = collections.Counter()
 class Generation(Protocol):
     """What the hooks read of a webui.generation.Generation (which imports this module)."""
     p: Processing
-    step: int | None
     report: RunReport
+
+    @property
+    def step_number(self) -> int | None: ...
 
 
 class InjectedFault(RuntimeError):
@@ -60,9 +62,9 @@ def inject(generation: Generation, point: str) -> None:
     if not ARMED:
         return
     name, _, step = str(_requested(generation, FAULT) or "").partition("@")
-    if name == point and (not step or int(step) == generation.step) and not generation.report.not_applied:
+    if name == point and (not step or int(step) == generation.step_number) and not generation.report.not_applied:
         counts[f"fault {point}"] += 1
-        at = f" at step {generation.step}" if step else ""
+        at = f" at step {generation.step_number}" if step else ""
         raise InjectedFault(f"test fault injected in {POINTS[point]}{at} (AUTOLORA_TEST_FAULTS=1)")
 
 
@@ -164,8 +166,8 @@ def state(generation_class: type, callback_map: Mapping[str, Iterable[Any]]) -> 
         switches = [g.switch for g in generations if g.switch is not None]
         report = {
             "callbacks": _callbacks(callback_map), "generations": len(generations),
-            "patched": sum(len(g.patched) for g in generations), "holders": _holders(objects),
-            "switch_layers": sum(len(s.ways.ways) for s in switches),
+            "patched": sum(len(g.recorder) for g in generations), "holders": _holders(objects),
+            "switch_layers": sum(len(s.layers.ways) for s in switches),
             "switch_bytes": sum(s.held_bytes() for s in switches), "tensors": _tensors(objects, torch),
             "rss": _rss(), "counts": dict(counts), "console": list(console_lines),
             "console_said": console_said, "argv": sys.argv,

@@ -141,7 +141,7 @@ def test_gamma_one_with_w2_equal_cfg_is_plain_lora_generation(a1111, case):
 
 def test_gamma_one_installs_nothing(a1111):
     run = generate(a1111, [{"gamma": 1.0}])
-    assert run.generation.switch is None and run.generation.patched == []
+    assert run.generation.switch is None and len(run.generation.recorder) == 0
     assert "combine_denoised" not in run.denoisers[0].__dict__
 
 
@@ -167,7 +167,7 @@ def test_the_base_evaluation_next_to_the_lora_pass_batches_like_the_host(a1111, 
     base_only = generate(a1111, [{"gamma": 0.0, "base_cfg": CFG}], prompts)
     blended = generate(a1111, [{"gamma": 1e-9, "base_cfg": CFG, "memory": memory}], prompts)
     assert blended.generation.report.calls[Passes.BOTH] == STEPS
-    assert blended.generation.switch.ways.path == ("fast" if memory == "auto" else "lean")  # CPU: copies are free
+    assert blended.generation.switch.layers.path == ("fast" if memory == "auto" else "lean")  # CPU: copies are free
     torch.testing.assert_close(blended.samples, base_only.samples, rtol=0, atol=1e-4)
 
 
@@ -242,7 +242,7 @@ def test_batched_evaluation_equals_two_calls_and_runs_one_model_call_per_step(a1
     rows = 3 + len(NEGATIVES)  # the AND prompt's two cond rows, the other's one, the uncond rows
     assert calls == [rows, rows] + [2 * rows] * (STEPS - 1), "the first step merges the networks, then one call"
     torch.testing.assert_close(batched.samples, two_calls.samples, rtol=1e-4, atol=1e-4)
-    assert batched.generation.switch.ways.path == ("fast" if memory == "fast" else "lean")
+    assert batched.generation.switch.layers.path == ("fast" if memory == "fast" else "lean")
     assert batched.generation.report.batched_calls == STEPS - 1
     assert "batched evaluation does not apply" not in capsys.readouterr().out
 
@@ -331,7 +331,7 @@ def test_nothing_is_held_past_sampling_and_the_console_gives_the_most_held(a1111
     assert run.generation.switch.held_bytes() == 0
     most = max(max(values) for values in while_sampling.values())
     assert f"at most {most / 2**20:.1f} MiB held" in capsys.readouterr().out
-    assert run.generation.switch.ways.path == ("fast" if memory == "fast" else "lean"), "the CPU gives no budget"
+    assert run.generation.switch.layers.path == ("fast" if memory == "fast" else "lean"), "the CPU gives no budget"
 
 
 @pytest.mark.parametrize("lowvram, memory, path", [(True, "auto", "lean"), (True, "fast", "fast"),
@@ -340,7 +340,7 @@ def test_auto_takes_the_lean_path_in_a1111s_low_vram_modes(a1111, lowvram, memor
     """--medvram/--lowvram set `lowvram` on the model; copies on the device would defeat them."""
     a1111.sd_model.lowvram = lowvram
     run = generate(a1111, [{"gamma": 1.5, "memory": memory}])
-    assert run.generation.switch.ways.path == path
+    assert run.generation.switch.layers.path == path
 
 
 def test_another_extensions_copies_of_p_leave_the_generation_guiding_and_reporting_once(a1111, capsys):
@@ -375,7 +375,7 @@ def test_a_network_weight_changed_mid_sampling_is_followed_by_the_lean_path(a111
 
     fake_a1111.script_callbacks.on_cfg_denoiser(change_weights)
     runs = {memory: run(memory) for memory in ("lean", "fast")}
-    assert runs["lean"].generation.switch.ways.path == "lean"
+    assert runs["lean"].generation.switch.layers.path == "lean"
     torch.testing.assert_close(runs["lean"].samples, runs["fast"].samples, rtol=1e-4, atol=1e-4)
 
 
@@ -391,5 +391,5 @@ def test_a_weight_change_mid_sampling_keeps_the_copies_and_remakes_the_terms(a11
         original = layer_off.OffLayer.originals
         patch.setattr(layer_off.OffLayer, "originals", lambda off, keep: made.append(off.layer) or original(off, keep))
         run = generate(a1111, [{"gamma": 1.5, "memory": "fast"}])
-    assert run.generation.switch.ways.path == "fast"
+    assert run.generation.switch.layers.path == "fast"
     assert len(made) == len(set(made)), "a layer's copy was made more than once in a sampling pass"

@@ -57,7 +57,7 @@ def _switch_with_costly_copies(tmp_path, mode="auto"):
         model(*inputs)
         with switch.networks_off():
             model(*inputs)
-    needed = sum(off.copy_bytes() for off in switch.ways.ways)
+    needed = sum(off.copy_bytes() for off in switch.layers.ways)
     return switch, needed
 
 
@@ -67,8 +67,9 @@ def test_auto_takes_copies_only_where_they_take_at_most_half_the_budget(tmp_path
     budget = None if budget_in_copies is None else int(budget_in_copies * needed)
     monkeypatch.setattr(layer_off, "device_budget", lambda device: budget)
     switch, _ = _switch_with_costly_copies(tmp_path)
-    assert switch.ways.path == path
-    assert switch.held_bytes() == (needed if path == "fast" else sum(off.term.held_bytes() for off in switch.ways.ways))
+    assert switch.layers.path == path
+    offs = switch.layers.ways
+    assert switch.held_bytes() == (needed if path == "fast" else sum(off.term.held_bytes() for off in offs))
 
 
 def test_release_held_drops_copies_and_factors_and_the_next_pass_makes_them_again(tmp_path):

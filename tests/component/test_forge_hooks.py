@@ -13,6 +13,8 @@ from lib_autolora import hosts
 from lib_autolora.core import guidance
 from lib_autolora.core.guidance import Passes
 from lib_autolora.core.params import AutoLoraParams
+from lib_autolora.core.recorder import Recorder
+from lib_autolora.core.step import Step
 
 HOST_SCALE = 7.0
 
@@ -43,9 +45,11 @@ class FakeGeneration:
     in_base_pass = False
 
     def __init__(self, calls):
-        self.step_passes = None
-        self.pass_params = types.SimpleNamespace(batched=False)
+        self.step = None
         self.switch = CountingSwitch(calls)
+
+    def at(self, passes, batched=False):
+        self.step = Step(0, passes, types.SimpleNamespace(batched=batched), None)
 
     def base_pass(self, exact=False, batch_rows=None):
         return self.switch.networks_off(exact, batch_rows)
@@ -62,26 +66,27 @@ class FakeGeneration:
         raise AssertionError("the generation must not be deep-copied with the patcher's options")
 
 
-def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
+def test_install_puts_ours_first_and_chains_the_wrapper():
     calls = []
     existing_post = lambda args: args["denoised"]  # noqa: E731
     existing_wrapper = lambda apply_model, args: calls.append("theirs") or apply_model(args)  # noqa: E731
     options = {"sampler_post_cfg_function": [existing_post], "model_function_wrapper": existing_wrapper}
     generation = FakeGeneration(calls)
 
-    assert patcher_hooks.install(options, generation)
-    assert not patcher_hooks.install(options, generation)
+    assert not patcher_hooks.installed(options)
+    patcher_hooks.install(options, generation, Recorder())
+    assert patcher_hooks.installed(options)
     assert len(options["sampler_post_cfg_function"]) == 2
     assert getattr(options["sampler_post_cfg_function"][0], patcher_hooks.MARK)
     assert options["sampler_post_cfg_function"][0]({"denoised": "raw"}) == "raw"  # no call decided yet
     assert options["sampler_post_cfg_function"][1] is existing_post
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
-    generation.step_passes = Passes.BASE  # a base-only call runs the chained wrapper with the networks off, exactly
+    generation.at(Passes.BASE)  # a base-only call runs the chained wrapper with the networks off, exactly
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
     assert calls == ["theirs", "off exact", "theirs", "on"]
-    generation.step_passes = Passes.BOTH  # both passes: the LoRA call as it is, or batched where asked for
+    generation.at(Passes.BOTH)  # both passes: the LoRA call as it is, or batched where asked for
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
-    generation.pass_params.batched = True
+    generation.at(Passes.BOTH, batched=True)
     assert options["model_function_wrapper"](lambda args: "out", {}) == "out"
     assert calls[4:] == ["theirs", "batched", "off rows 1", "theirs", "on"]
 
@@ -89,7 +94,7 @@ def test_install_puts_ours_first_chains_the_wrapper_and_is_idempotent():
 def test_a_samplers_own_post_cfg_list_does_not_drop_ours():
     """Forge Neo merges a CFG++ sampler's model options (a post-CFG list of its own) over the patcher's."""
     options = {}
-    patcher_hooks.install(options, FakeGeneration([]))
+    patcher_hooks.install(options, FakeGeneration([]), Recorder())
     sampler_post = lambda args: args["denoised"]  # noqa: E731
     merged = {**options, "sampler_post_cfg_function": [sampler_post], "disable_cfg1_optimization": True}
     for modifier in merged["conditioning_modifiers"]:
@@ -101,26 +106,30 @@ def test_a_samplers_own_post_cfg_list_does_not_drop_ours():
     assert again is options  # nothing to restore: the patcher's own options pass through
 
 
-def test_uninstall_leaves_the_options_as_they_were_before_install():
-    """The host may keep the hooked patcher after the generation (Forge keeps the last loaded one)."""
+def test_undoing_leaves_the_options_and_a_copy_of_them_as_they_were_before_install():
+    """The host may keep the hooked patcher after the generation (Forge keeps the last loaded one), or a
+    clone of it: the recorder undoes the options it hooked, `uninstall` the copies the host made."""
     existing_post = lambda args: args["denoised"]  # noqa: E731
     existing_wrapper = lambda apply_model, args: apply_model(args)  # noqa: E731
     existing_modifier = lambda *call: call  # noqa: E731
     for before in ({}, {"sampler_post_cfg_function": [existing_post], "model_function_wrapper": existing_wrapper,
                         "conditioning_modifiers": [existing_modifier]}):
-        options = copy.copy(before)
-        patcher_hooks.install(options, FakeGeneration([]))
-        patcher_hooks.add_modifier(options, lambda *call: call)
+        options, recorder = copy.copy(before), Recorder()
+        patcher_hooks.install(options, FakeGeneration([]), recorder)
+        patcher_hooks.add_modifier(options, lambda *call: call, recorder)
         assert options != before
-        patcher_hooks.uninstall(options)
-        assert {key: value for key, value in options.items() if value != []} == before
-        assert not patcher_hooks.installed(options)
+        cloned = copy.deepcopy(options)
+        recorder.undo()
+        assert options == before and not patcher_hooks.installed(options)
+        patcher_hooks.uninstall(cloned)
+        assert {key: value for key, value in cloned.items() if value != []} == before
+        assert not patcher_hooks.installed(cloned)
 
 
 def test_cloning_a_patcher_does_not_copy_the_generation():
     """Forge's UnetPatcher.clone deep-copies model_options."""
     options = {"transformer_options": {}}
-    patcher_hooks.install(options, FakeGeneration([]))
+    patcher_hooks.install(options, FakeGeneration([]), Recorder())
     copied = copy.deepcopy(options)
     assert copied["sampler_post_cfg_function"][0] is options["sampler_post_cfg_function"][0]
     assert patcher_hooks.installed(copied)

@@ -41,7 +41,7 @@ def plain(model, cond, uncond, scale=CFG):
 def autolora(model, switch, params, cond, uncond, base_cond, base_uncond):
     def denoise(x, s, progress):
         passes = guidance.passes_for(params, progress)
-        w1, w2 = params.base_scale(CFG), params.lora_scale(CFG)
+        w1, w2 = params.scales(CFG)
         if passes is guidance.Passes.LORA:
             return guidance.cfg(*evaluate(model, x, s, cond, uncond), w2)
         with switch.networks_off():

@@ -14,7 +14,9 @@ from lib_autolora import hosts
 from lib_autolora.core import guidance
 from lib_autolora.core.guidance import Passes
 from lib_autolora.core.params import AutoLoraParams
+from lib_autolora.core.recorder import Recorder
 from lib_autolora.core.report import RunReport
+from lib_autolora.core.step import Step
 from lib_autolora.hosts.ldm_patched import sampling
 
 
@@ -70,10 +72,11 @@ def test_an_extensions_calc_cond_batch_function_replaces_the_hosts():
 
 
 def test_the_scale_recorder_keeps_the_scale_and_changes_nothing():
-    generation = types.SimpleNamespace(host_scale=None)
+    recorded = []
+    generation = types.SimpleNamespace(record_host_scale=recorded.append)
     record = sampling.scale_recorder(generation)
     values = ("model", "x", "t", "uncond", "cond", 1.0, {"o": 1}, 5)
-    assert record(*values) == values and generation.host_scale == 1.0
+    assert record(*values) == values and recorded == [1.0]
     assert copy.deepcopy([record])[0] is record  # cloning a patcher keeps it as it is
 
 
@@ -81,7 +84,7 @@ class Generation:
     """What patcher_hooks reads of an adapter's generation."""
 
     def __init__(self, passes, params, host_scale, base):
-        self.step_passes, self.pass_params, self.host_scale = passes, params, host_scale
+        self.step = Step(0, passes, params, None, host_scale)
         self.report = RunReport(params)
         self.switch = None
         self.base, self.seen = base, []
@@ -105,7 +108,7 @@ def reforge_args(cond_scale, skipped=False, seed=0):
 
 def post_cfg_of(generation):
     options = {}
-    patcher_hooks.install(options, generation)
+    patcher_hooks.install(options, generation, Recorder())
     return options["sampler_post_cfg_function"][0]
 
 

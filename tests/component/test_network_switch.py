@@ -74,7 +74,7 @@ def test_networks_off_is_the_model_without_networks_and_on_again_is_the_merged_m
     assert not torch.equal(merged, world.plain(*world.inputs)), "the networks must change the output"
     with world.switch.networks_off():
         off = world.model(*world.inputs)
-    if world.switch.ways.path == "fast":
+    if world.switch.layers.path == "fast":
         assert torch.equal(off, world.plain(*world.inputs))
     else:
         torch.testing.assert_close(off, world.plain(*world.inputs), rtol=1e-4, atol=1e-5)
@@ -91,7 +91,7 @@ def test_auto_takes_the_free_copies_on_cpu_and_lean_the_terms_with_copies_for_th
             world.model(*world.inputs)
             with world.switch.networks_off():
                 pass
-        assert world.switch.ways.path == path
+        assert world.switch.layers.path == path
         terms = len(LORA_LAYERS) - 1  # the LoRA layer with a norm network too takes a copy
         copies = len(set(LOHA_LAYERS + NORM_LAYERS)) + 1
         expected = f"lean path (low-rank terms on {terms} layers, copies of {copies})" if path == "lean" else \

@@ -8,14 +8,14 @@ def test_defaults_follow_the_paper_and_the_generation():
     p = AutoLoraParams()
     assert (p.enabled, p.gamma, p.base_cfg, p.lora_cfg, p.start, p.end, p.base_text_encoder) == \
         (False, 1.5, None, None, 0.0, 1.0, True)
-    assert p.base_scale(7.0) == 7.0 and p.lora_scale(4.5) == 4.5
+    assert p.scales(7.0) == (7.0, 7.0) and p.scales(4.5, 2.0) == (4.5, 4.5)
 
 
 def test_positional_args_in_ui_order_and_zero_cfg_means_follow():
     p = AutoLoraParams.from_args([True, 2.0, 0, 5, 0.25, 0.75, False])
     assert p == AutoLoraParams(enabled=True, gamma=2.0, base_cfg=None, lora_cfg=5.0, start=0.25, end=0.75,
                                base_text_encoder=False)
-    assert p.base_scale(7) == 7 and p.lora_scale(7) == 5.0
+    assert p.scales(7) == (7, 5.0) and p.scales(7, 2.0) == (7, 10.0)
     assert AutoLoraParams.from_args(p.to_args()) == p
     assert AutoLoraParams.from_args([True]) == AutoLoraParams(enabled=True)
 

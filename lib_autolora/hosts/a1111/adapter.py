@@ -35,14 +35,15 @@ def _counting_forward(generation, host_forward, x, *args, **kwargs):
     skips the uncond pass); the host's own evaluations are the LoRA pass, or the base pass (networks
     off) in base-only calls; with batched evaluation the base rows ride along in the host's LoRA call."""
     generation.rows_evaluated += x.shape[0]
-    if generation.in_base_pass:  # the adapter's own base evaluation
+    step = generation.step
+    if generation.in_base_pass or step is None:  # the adapter's own base evaluation
         return host_forward(x, *args, **kwargs)
-    if generation.step_passes is guidance.Passes.BASE:
+    if step.passes is guidance.Passes.BASE:
         with generation.base_pass(exact=True):
             return host_forward(x, *args, **kwargs)
-    if generation.step_passes is guidance.Passes.BOTH and generation.pass_params.batched and generation.merged:
+    if step.passes is guidance.Passes.BOTH and step.params.batched and generation.lora_forward_ran:
         return generation.evaluate_batched(host_forward, x, *args, **kwargs)
-    generation.merged = True  # a LoRA forward merges the networks into every layer it runs
+    generation.lora_forward_ran = True  # it merges the networks into every layer it runs
     with generation.lora_pass():
         return host_forward(x, *args, **kwargs)
 
@@ -75,11 +76,10 @@ class A1111Generation(CommonGeneration):
         self.model: SdModel | None = None
         self.denoiser: Denoiser | None = None
         self.denoiser_params: DenoiserParams | None = None
-        self.step_base_conds: tuple[Conds, Conds] | None = None  # (cond tensor, uncond) of the base model
-        self.rows_evaluated = 0
+        self.rows_evaluated = 0  # rows the host evaluated in this call (fewer when it skips the uncond pass)
         self.batched_base: torch.Tensor | None = None  # the base rows of a batched call, for combine_denoised
         self.batch_failed: str | None = None  # why batched evaluation cannot apply to this generation
-        self.merged = False  # whether a LoRA call ran in this sampling pass
+        self.lora_forward_ran = False  # whether a LoRA forward ran in this pass (then the networks are merged)
 
     def handles(self, denoiser: Denoiser) -> bool:
         return denoiser is self.denoiser
@@ -109,53 +109,49 @@ class A1111Generation(CommonGeneration):
             (model, network_names(loaded)))
         # every batch: prompts can differ, and img2img keeps one sampler for all batches
         self.set_base_conds(p, functools.partial(switch.networks_off, exact=True), p.get_conds())
-        self.merged = False
+        self.lora_forward_ran = False
         denoiser = p.sampler.model_wrap_cfg
         if denoiser is not self.denoiser:
             self.denoiser = denoiser
             combine = functools.partial(self.combine_denoised, denoiser.combine_denoised)
-            self.patch(denoiser, "combine_denoised", combine)
+            self.recorder.set_attr(denoiser, "combine_denoised", combine)
             inner = denoiser.inner_model  # an nn.Module: its instance `forward` is what calls reach
-            self.patch(inner, "forward", functools.partial(_counting_forward, self, inner.forward))
+            self.recorder.set_attr(inner, "forward", functools.partial(_counting_forward, self, inner.forward))
 
     # -- per denoiser call --
 
     def on_cfg_denoiser(self, params: DenoiserParams) -> None:
-        if shared.sd_model is not self.model:
-            self.stand_aside("a refiner swapped the model during sampling")
+        self.check_model(shared.sd_model, self.model)
         self.rows_evaluated = 0
         self.batched_base = None
         self.denoiser_params = params
-        conds = self.begin_call(params)
-        self.step_base_conds = None if conds is None else conds[1:]
+        self.begin_call(params)
 
     def combine_denoised(self, host_combine: Callable[..., torch.Tensor], x_out: torch.Tensor,
                          conds_list: Conds, uncond: Conds, cond_scale: float) -> torch.Tensor:
         if self.report.not_applied:
             return host_combine(x_out, conds_list, uncond, cond_scale)
-        params, denoiser, denoiser_params = self.pass_params, self.denoiser, self.denoiser_params
-        assert params is not None and denoiser is not None and denoiser_params is not None, "a call of this pass"
+        step, denoiser, denoiser_params = self.step, self.denoiser, self.denoiser_params
+        assert step is not None and step.params is not None and denoiser is not None and denoiser_params is not None, \
+            "a call of this pass"
         skipped = self.rows_evaluated < denoiser_params.x.shape[0]
-
-        def scale(w: float | None) -> float:  # the host passes 1.0 when it skipped the uncond pass
-            if skipped or w is None:
-                return cond_scale
-            return w * denoiser.cond_scale_miltiplier
-
-        if self.step_passes is guidance.Passes.LORA:
-            return host_combine(x_out, conds_list, uncond, scale(params.lora_cfg))
-        if self.step_passes is guidance.Passes.BASE:
-            return host_combine(x_out, conds_list, uncond, scale(params.base_cfg))
-        lora = host_combine(x_out, conds_list, uncond, scale(params.lora_cfg))
+        # the host passes 1.0 when it skipped the uncond pass: no CFG to scale
+        w1, w2 = (cond_scale, cond_scale) if skipped else step.params.scales(cond_scale, denoiser.cond_scale_miltiplier)
+        if step.passes is guidance.Passes.LORA:
+            return host_combine(x_out, conds_list, uncond, w2)
+        if step.passes is guidance.Passes.BASE:
+            return host_combine(x_out, conds_list, uncond, w1)
+        lora = host_combine(x_out, conds_list, uncond, w2)
         base_out = self.batched_base if self.batched_base is not None else self._evaluate_base(conds_list, skipped)
-        base = host_combine(base_out, conds_list, uncond, scale(params.base_cfg))
-        return guidance.autolora(base, lora, params.gamma)
+        base = host_combine(base_out, conds_list, uncond, w1)
+        return guidance.autolora(base, lora, step.params.gamma)
 
     def _base_inputs(self, batch_size: int, skipped: bool) -> tuple[Any, ...]:
         """(x, sigma, image cond, cond tensor, uncond) of the base pass, padded and cut as the host does."""
-        params, opts, denoiser, conds = self.denoiser_params, shared.opts, self.denoiser, self.step_base_conds
-        assert params is not None and denoiser is not None and conds is not None, "the base model runs in this call"
-        tensor, uncond = conds
+        params, opts, denoiser, step = self.denoiser_params, shared.opts, self.denoiser, self.step
+        assert params is not None and denoiser is not None and step is not None and step.base_conds is not None, \
+            "the base model runs in this call"
+        _, tensor, uncond = step.base_conds
         x_in, sigma_in, image_cond_in = params.x, params.sigma, params.image_cond
         if skipped:
             x_in, sigma_in, image_cond_in = x_in[:-batch_size], sigma_in[:-batch_size], image_cond_in[:-batch_size]
@@ -208,8 +204,7 @@ class A1111Generation(CommonGeneration):
         """The host's call with the base model's rows of the step appended, in one model call; the base
         rows are kept for combine_denoised. Where that cannot apply, says why once and runs two calls."""
         if self.batch_failed:
-            with self.lora_pass():
-                return host_forward(x, sigma, cond=cond)
+            return self.two_calls(self.batch_failed, host_forward, x, sigma, cond=cond)
         switch = self.switch
         assert switch is not None, "the networks are on in this pass"
         reason = self._batch_obstacle(x)
@@ -231,10 +226,9 @@ class A1111Generation(CommonGeneration):
                 return out[:x.shape[0]]
             except BatchLayoutError as error:
                 reason = self.batch_failed = str(error)
-        self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
-        with self.lora_pass():
-            return host_forward(x, sigma, cond=cond)
+        assert reason is not None, "the batched call did not run"
+        return self.two_calls(reason, host_forward, x, sigma, cond=cond)
 
     def close(self) -> None:
         super().close()
-        self.denoiser = self.denoiser_params = self.step_base_conds = None
+        self.denoiser = self.denoiser_params = None

@@ -15,7 +15,6 @@ are layers in `lora_functional` mode, where the networks are added in the forwar
 nothing from the WebUI.
 """
 import contextlib
-import time
 
 from lib_autolora.hosts.layer_off import LowRankTerm, OffLayer, OffSwitch, get_slot, low_rank_part
 
@@ -79,10 +78,6 @@ def _low_rank_term(layer, networks):
     return LowRankTerm(layer, parts) if parts else None
 
 
-def _set_names(layer, names):
-    layer.__dict__["network_current_names"] = names
-
-
 class NetworkSwitch(OffSwitch):
     """Turns the prompt's networks off inside `networks_off()` and restores them after."""
 
@@ -113,7 +108,7 @@ class NetworkSwitch(OffSwitch):
                     off.term.release()
                     off.term = _low_rank_term(layer, networks)
         else:
-            self.ways.release()
+            self.layers.release()
             self._off.clear()
         self._off_for = wanted
 
@@ -121,7 +116,7 @@ class NetworkSwitch(OffSwitch):
         if layer not in self._off:
             changed = _changes_layer(networks, layer.network_layer_name)
             has_backup = getattr(layer, "network_weights_backup", None) is not None
-            self._off[layer] = OffLayer(layer, _base_fields(layer), _low_rank_term(layer, networks), self.ways) \
+            self._off[layer] = OffLayer(layer, _base_fields(layer), _low_rank_term(layer, networks), self.layers) \
                 if changed and has_backup else None
         return self._off[layer]
 
@@ -147,30 +142,20 @@ class NetworkSwitch(OffSwitch):
             yield
             return
         wanted = network_names(networks)
-        started = time.perf_counter()
-        self._follow(networks, wanted)
-        merged = [layer for layer in self._layers if layer.__dict__.get("network_current_names", ()) == wanted]
-        offs = [off for off in (self._off_layer(layer, networks) for layer in merged) if off is not None]
-        self.ways.decide(offs)
-        batched = batch_rows is not None
-        undo = []
-        try:
-            self.ways.base_rows = slice(batch_rows, 2 * batch_rows) if batched else None
-            for off in offs:
-                undo.append(self.ways.turn_off(off, exact))
-            if not batched:
-                for layer in merged:
-                    _set_names(layer, ())
-                self._loaded.clear()
-            self.switches += 1
-            self.switch_seconds += time.perf_counter() - started
-            yield
-        finally:
-            started = time.perf_counter()
-            self.ways.base_rows = None
-            self._loaded[:] = networks
-            for entry in undo:
-                self.ways.turn_on(entry)
+        merged: list = []  # the layers that hold the networks merged now
+
+        def off_layers():
+            self._follow(networks, wanted)
+            merged[:] = [layer for layer in self._layers if layer.__dict__.get("network_current_names", ()) == wanted]
+            return [off for off in (self._off_layer(layer, networks) for layer in merged) if off is not None]
+
+        def bookkeeping_off(recorder):
+            """A1111 sees no networks: none loaded, none merged, so it has nothing to restore or merge."""
+            if batch_rows is not None:
+                return
             for layer in merged:
-                _set_names(layer, wanted)
-            self.switch_seconds += time.perf_counter() - started
+                recorder.set_attr(layer, "network_current_names", ())
+            recorder.set_list(self._loaded, [])
+
+        with self.switched_off(off_layers, exact, batch_rows, bookkeeping_off):
+            yield

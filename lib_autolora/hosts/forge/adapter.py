@@ -10,11 +10,10 @@ generations bit for bit.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,8 +21,8 @@ import lib_autolora.hosts.patcher_hooks as patcher_hooks
 from lib_autolora.core.params import ParamsMethods
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
 from lib_autolora.hosts.layer_off import BatchLayoutError
-from lib_autolora.hosts.patcher_generation import PatcherGeneration
-from lib_autolora.webui.host_objects import DenoiserParams, Network, Options, Processing
+from lib_autolora.hosts.patcher_generation import PatcherGeneration, pass_scale
+from lib_autolora.webui.host_objects import DenoiserParams, Network, Options, Processing, UnetPatcher
 
 from backend import memory_management
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
@@ -68,54 +67,37 @@ class ForgeGeneration(PatcherGeneration):
     def low_vram(self) -> bool:
         return patcher_hooks.offloading(memory_management, self.p.sd_model.forge_objects.unet)
 
-    # -- once per sampling pass; hires fix calls it twice, on the same or a fresh patcher --
+    # -- what the shared patcher generation asks of Forge --
 
-    def prepare_pass(self, p: Processing) -> None:
-        loaded = self.start_pass(p)
-        if loaded is None:
-            return
-        sd_model = p.sd_model
-        unet = sd_model.forge_objects.unet
-        if self.hooked_already(unet.model_options):
-            return
-        c, uc = p.get_conds()
-        pass_scale = p.hr_cfg if p.is_hr_pass else p.cfg_scale
-        assert self.pass_params is not None, "AutoLoRA applies to this pass"  # start_pass found networks
-        explicit = patcher_hooks.explicit_scales(self.pass_params)
-        if explicit and math.isclose(pass_scale, 1.0) and uc is None:
-            return self.stand_aside("with CFG Scale 1 Forge encodes no negative prompt, "
-                                    "so w1/w2 other than 1 cannot apply")
+    def unsupported(self, p: Processing, unet: UnetPatcher) -> str | None:
+        assert self.pass_params is not None, "AutoLoRA applies to this pass"
+        _, uc = p.get_conds()
+        if patcher_hooks.explicit_scales(self.pass_params) and math.isclose(pass_scale(p), 1.0) and uc is None:
+            return "with CFG Scale 1 Forge encodes no negative prompt, so w1/w2 other than 1 cannot apply"
         if unet.model.storage_dtype not in FLOAT_STORAGE and not unet.has_online_lora():
-            return self.stand_aside("LoRA merged into quantized weights cannot be switched off per step; "
-                                    "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
-        self.report.networks = [n.name for n in loaded]
-        if self.plain_pass():
-            return
+            return ("LoRA merged into quantized weights cannot be switched off per step; "
+                    "choose a Diffusion in Low Bits option with '(fp16 LoRA)'")
+        return None
+
+    def switch_for(self, p: Processing, unet: UnetPatcher) -> tuple[Callable[[], ForgeLoraSwitch], object]:
         patches = getattr(unet, "lora_patches", {})
-        self.use_switch(lambda: ForgeLoraSwitch(unet.model, patches, self.memory_mode()),
-                        (unet.model, str(list(patches.keys()))))
-        self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), (c, uc))
-        unet = unet.clone()
-        self.hook(unet.model_options)
-        if explicit and math.isclose(pass_scale, 1.0):
-            unet.model_options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
-        self.patch(sd_model.forge_objects, "unet", unet)  # undone at the end: the hooks must not outlive us
+        return (lambda: ForgeLoraSwitch(unet.model, patches, self.memory_mode()),
+                (unet.model, str(list(patches.keys()))))
+
+    def call_scale(self, params: DenoiserParams) -> float:
+        return _host_cond_scale(params.denoiser, params.sigma)
 
     # -- per denoiser call --
 
     def on_cfg_denoiser(self, params: DenoiserParams) -> None:
-        switch = self.switch
-        assert switch is not None, "the generation handles this call"
-        if shared.sd_model.forge_objects.unet.model is not switch.model:
-            self.stand_aside("a refiner swapped the model during sampling")
-        self.host_scale = _host_cond_scale(params.denoiser, params.sigma)
         self.batched_base = None
-        self.step_base_conds = self.begin_call(params)
+        super().on_cfg_denoiser(params)
 
     def _batch_obstacle(self, args: patcher_hooks.Args) -> str | None:
         """Why this model call cannot take the base rows too, or None."""
-        switch, conds = self.switch, self.step_base_conds
-        assert switch is not None and conds is not None, "the base model runs in this call"
+        switch, step = self.switch, self.step
+        assert switch is not None and step is not None and step.base_conds is not None, "the base model runs"
+        conds = step.base_conds
         conds_list, _, uncond = conds
         if not switch.merged_everywhere():
             return "online LoRA patches are applied in each forward, not merged into the weights"
@@ -123,9 +105,9 @@ class ForgeGeneration(PatcherGeneration):
             return "ControlNet computes its control for the host's rows only"
         rows = args["cond_or_uncond"]
         # cond rows alone where the host runs an uncond pass: its uncond rows ran in a call of their own
-        assert self.host_scale is not None, "on_cfg_denoiser set this call's scale"
+        assert step.host_scale is not None, "on_cfg_denoiser set this call's scale"
         uncond_apart = rows == [0] and uncond is not None and not patcher_hooks.skips_uncond_at(
-            self.host_scale, shared.sd_model.forge_objects.unet.model_options)
+            step.host_scale, shared.sd_model.forge_objects.unet.model_options)
         if len(conds_list[0]) != 1 or sorted(rows) not in ([0], [0, 1]) or uncond_apart:
             return "the WebUI splits this step's conds into several model calls (AND prompts, low memory)"
         if 1 in rows and uncond is None:
@@ -137,8 +119,8 @@ class ForgeGeneration(PatcherGeneration):
         are kept for post_cfg. Where that cannot apply, says why once and runs two calls."""
         reason = self.batch_failed or self._batch_obstacle(args)
         if reason is None:
-            assert self.step_base_conds is not None, "the base model runs in this call"
-            conds_list, tensor, uncond = self.step_base_conds
+            assert self.step is not None and self.step.base_conds is not None, "the base model runs in this call"
+            conds_list, tensor, uncond = self.step.base_conds
             entries = compile_weighted_conditions(tensor, conds_list) + (compile_conditions(uncond) or [])
             rows = args["input"].shape[0]
             try:
@@ -151,16 +133,14 @@ class ForgeGeneration(PatcherGeneration):
                 return out[:rows]
             except (ValueError, BatchLayoutError) as error:
                 reason = self.batch_failed = str(error)
-        self.say_once(f"batched evaluation does not apply here ({reason}); two model calls per step")
-        with self.lora_pass():
-            return run(args)
+        return self.two_calls(reason, run, args)
 
     def evaluate_base(self, args: patcher_hooks.Args, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The base model's (cond, uncond) predictions, batched by the host's own function."""
         if self.batched_base is not None:
             return self.batched_base
-        assert self.step_base_conds is not None, "the base model runs in this call"
-        cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
+        assert self.step is not None and self.step.base_conds is not None, "the base model runs in this call"
+        cond_in, uncond_in = patcher_hooks.base_conds(self.step.base_conds, args, with_uncond,
                                                       compile_weighted_conditions, compile_conditions)
         with self.base_pass():
             return calc_cond_uncond_batch(args["model"], cond_in, uncond_in, args["input"], args["sigma"],

@@ -8,7 +8,8 @@ layers and are applied at each forward. The low-rank terms come from the patcher
 says they are the ones it merged. The switch itself is `WeightSwitch`; duck-typed on those
 attributes, this imports nothing from the WebUI.
 """
-from lib_autolora.hosts.weight_switch import ABSENT, WeightSwitch
+from lib_autolora.core.recorder import ABSENT
+from lib_autolora.hosts.weight_switch import WeightSwitch
 
 
 def _lora_factors(patch):

@@ -15,8 +15,7 @@ skips CFG, e.g. Classic's first step with "skip early CFG" at 0.
 """
 from __future__ import annotations
 
-import functools
-import math
+from collections.abc import Callable
 
 import torch
 
@@ -24,16 +23,10 @@ import lib_autolora.hosts.patcher_hooks as patcher_hooks
 from lib_autolora.hosts.ldm_patched import sampling
 from lib_autolora.hosts.ldm_patched.lora import LdmPatchedLoraSwitch
 from lib_autolora.hosts.patcher_generation import PatcherGeneration
-from lib_autolora.webui.host_objects import DenoiserParams, Processing, SdModel, UnetPatcher
+from lib_autolora.webui.host_objects import Processing, UnetPatcher
 
 from ldm_patched.modules import model_management, model_patcher, samplers
-from modules import shared
 from modules_forge import forge_sampler
-
-
-def _pass_scale(p: Processing) -> float:
-    """The CFG scale of the pass about to run: reForge's hires pass has its own (`hr_cfg`)."""
-    return getattr(p, "hr_cfg", p.cfg_scale) if p.is_hr_pass else p.cfg_scale
 
 
 class LdmPatchedGeneration(PatcherGeneration):
@@ -42,31 +35,10 @@ class LdmPatchedGeneration(PatcherGeneration):
     def low_vram(self) -> bool:
         return patcher_hooks.offloading(model_management, self.p.sd_model.forge_objects.unet)
 
-    # -- once per sampling pass; hires fix calls it twice, each time on a fresh patcher --
+    # -- what the shared patcher generation asks of ldm_patched --
 
-    def prepare_pass(self, p: Processing) -> None:
-        loaded = self.start_pass(p)
-        if loaded is None:
-            return
+    def unsupported(self, p: Processing, unet: UnetPatcher) -> str | None:
         sd_model = p.sd_model
-        unet = sd_model.forge_objects.unet
-        if self.hooked_already(unet.model_options):
-            return
-        reason = self._unsupported(sd_model, unet)
-        if reason is not None:
-            return self.stand_aside(reason)
-        self.report.networks = [n.name for n in loaded]
-        if self.plain_pass():
-            return
-        low_vram_patch = getattr(model_patcher, "LowVramPatch", None)  # reForge's; Classic has none
-        self.use_switch(lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch,
-                                                     self.memory_mode()), unet.model)
-        self.set_base_conds(p, functools.partial(patcher_hooks.original_text_encoder, sd_model), p.get_conds())
-        # undone at the end: the hooks must not outlive the generation
-        self.patch(sd_model.forge_objects, "unet", self._hooked(unet, _pass_scale(p)))
-
-    def _unsupported(self, sd_model: SdModel, unet: UnetPatcher) -> str | None:
-        """Why AutoLoRA cannot guide this pass, or None."""
         if sd_model.cond_stage_key == "edit":
             return "InstructPix2Pix edit models are not supported"
         if getattr(self.opts, "dynamic_clip_skip_enabled", False):
@@ -76,39 +48,32 @@ class LdmPatchedGeneration(PatcherGeneration):
                     "with more than 12 keys it cannot match)")
         return None
 
-    def _hooked(self, unet: UnetPatcher, pass_scale: float) -> UnetPatcher:
-        """A clone of the UNet patcher with AutoLoRA's hooks and the scale recorder."""
-        unet = unet.clone()
-        options = unet.model_options
-        self.hook(options)
-        patcher_hooks.add_modifier(options, sampling.scale_recorder(self))
-        assert self.pass_params is not None, "AutoLoRA applies to this pass"  # prepare_pass hooks applying passes only
-        if patcher_hooks.explicit_scales(self.pass_params) and math.isclose(pass_scale, 1.0):
-            options["disable_cfg1_optimization"] = True  # w1/w2 need the uncond pass the host would skip
-        return unet
+    def switch_for(self, p: Processing, unet: UnetPatcher) -> tuple[Callable[[], LdmPatchedLoraSwitch], object]:
+        sd_model = p.sd_model
+        low_vram_patch = getattr(model_patcher, "LowVramPatch", None)  # reForge's; Classic has none
+        return (lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch,
+                                             self.memory_mode()), unet.model)
 
-    # -- per denoiser call --
+    def hook_extras(self, options: patcher_hooks.ModelOptions) -> None:
+        patcher_hooks.add_modifier(options, sampling.scale_recorder(self), self.recorder)
 
-    def on_cfg_denoiser(self, params: DenoiserParams) -> None:
-        switch = self.switch
-        assert switch is not None, "the generation handles this call"
-        if shared.sd_model.forge_objects.unet.model is not switch.model:
-            self.stand_aside("a refiner swapped the model during sampling")
-        self.host_scale = None  # recorded again before this call's sampling_function
-        self.step_base_conds = self.begin_call(params)
+    # -- per denoiser call: the scale comes from the scale recorder, just before the host's CFG --
+
+    def record_host_scale(self, scale: float) -> None:
+        if self.step is not None:
+            self.step = self.step.with_host_scale(scale)
 
     def evaluate_batched(self, run: patcher_hooks.Run, args: patcher_hooks.Args) -> torch.Tensor:
         """Batched evaluation needs the host's model call to take extra rows; here it runs two calls."""
-        self.say_once("batched evaluation is not available on this WebUI; two model calls per step")
-        with self.lora_pass():
-            return run(args)
+        return self.two_calls("this WebUI's model call takes no extra rows", run, args)
 
     def evaluate_base(self, args: patcher_hooks.Args, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The base model's (cond, uncond) predictions, batched by the host's own evaluation."""
-        assert self.step_base_conds is not None, "the base model runs in this call"
-        cond_in, uncond_in = patcher_hooks.base_conds(self.step_base_conds, args, with_uncond,
+        step = self.step
+        assert step is not None and step.base_conds is not None, "the base model runs in this call"
+        cond_in, uncond_in = patcher_hooks.base_conds(step.base_conds, args, with_uncond,
                                                       forge_sampler.cond_from_a1111_to_patched_ldm_weighted,
                                                       forge_sampler.cond_from_a1111_to_patched_ldm)
         with self.base_pass():
             return sampling.predictions(samplers, args["model"], cond_in, uncond_in, args["input"], args["sigma"],
-                                        args["model_options"], args.get("cond_scale", self.host_scale))
+                                        args["model_options"], args.get("cond_scale", step.host_scale))

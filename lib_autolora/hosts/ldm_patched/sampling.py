@@ -28,9 +28,9 @@ def predictions(samplers, model, cond, uncond, x, sigma, options, cond_scale):
 
 def scale_recorder(generation):
     """A conditioning modifier (the hosts run them last before sampling_function, and hand them the
-    scale it gets) that keeps that scale in `generation.host_scale`. A plain function: the patchers
-    deep-copy model options when they clone."""
+    scale it gets) that hands that scale to `generation.record_host_scale`. A plain function: the
+    patchers deep-copy model options when they clone."""
     def record(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
-        generation.host_scale = cond_scale
+        generation.record_host_scale(cond_scale)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     return record
