@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from lib_autolora.core.recorder import ABSENT, Recorder
 from lib_autolora.core.step import StepConds
 from lib_autolora.hosts.layer_off import BatchLayoutError
 from lib_autolora.webui.generation import Generation
@@ -30,12 +31,14 @@ class CommonGeneration(Generation):
                           networks_off: Callable[[], AbstractContextManager[Any]]) -> tuple[Conds, Conds]:
         """Calls the host's own cond setup on fresh caches, so prompt editing schedules, hires prompts
         and step counts are exactly the host's; restores every field it touches."""
-        saved = {name: p.__dict__[name] for name in COND_FIELDS + LIST_CACHES if name in p.__dict__}
+        recorder = Recorder()
         try:
+            for name in COND_FIELDS[:4]:  # kept as they are, to be put back after the host's setup writes them
+                recorder.set_attr(p, name, p.__dict__.get(name, ABSENT))
             for name in COND_FIELDS[4:]:
-                setattr(p, name, [None, None])
+                recorder.set_attr(p, name, [None, None])
             for name in LIST_CACHES:
-                setattr(p, name, [])
+                recorder.set_attr(p, name, [])
             with networks_off(), devices.autocast():
                 if getattr(p, "is_hr_pass", False):
                     p.hr_c = None
@@ -44,9 +47,7 @@ class CommonGeneration(Generation):
                 processing.StableDiffusionProcessing.setup_conds(p)
                 return p.c, p.uc
         finally:
-            for name in COND_FIELDS + LIST_CACHES:
-                p.__dict__.pop(name, None)
-            p.__dict__.update(saved)
+            recorder.undo()
 
     def conds_at_step(self, c: Conds, uc: Conds, step: int) -> StepConds:
         """As the host's denoiser rebuilds them at each step."""
