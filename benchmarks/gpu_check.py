@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from memory_speed import VARIANTS, Bench, _peak_above, _peak_reset, step_time  # noqa: E402
 
-from lib_autolora.hosts import layer_off  # noqa: E402
 from lib_autolora.hosts.a1111.networks import NetworkSwitch  # noqa: E402
+from lib_autolora.hosts.layers import layer_off  # noqa: E402
 from tests.support.a1111_like_lora import load_kohya  # noqa: E402
 from tests.support.kohya_files import write_lora  # noqa: E402
 from tests.support.sd_unet import lora_layers  # noqa: E402

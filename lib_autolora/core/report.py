@@ -31,8 +31,8 @@ class RunReport:
         self.notes.add(message)
         return True
 
-    def stand_aside(self, reason: str) -> bool:
-        """Returns True the first time, so the caller can say it once."""
+    def record_not_applied(self, reason: str) -> bool:
+        """Keeps the first reason AutoLoRA stood aside for; True the first time, so the caller can say it once."""
         if self.not_applied is not None:
             return False
         self.not_applied = reason

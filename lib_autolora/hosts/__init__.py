@@ -1,6 +1,12 @@
-"""One sub-package per host family, and modules that families share (`common`: A1111's module API;
-`patcher_hooks`, `weight_switch`: the ComfyUI-style UNet patcher of Forge and ldm_patched). Which
-family runs is decided here, from what imports, never from version strings; no adapter imports
+"""The code that meets the WebUIs, laid out by what each part is:
+
+    a1111/, forge/, reforge/   one package per host family, the only code that imports the WebUI
+    a1111_api.py               what every family keeps of A1111's module API (conds, prompt schedules,
+                               the Lora extension's list): the base of their generations
+    patcher/                   what the two families built on a UNet patcher (forge, reforge) share
+    layers/                    host-free: a layer computed without the prompt's networks
+
+Which family runs is decided here, from what imports, never from version strings; no adapter imports
 this module.
 
 Each family's package states in REQUIRES what of the WebUI its adapter uses, as (file, text that
@@ -19,7 +25,7 @@ if TYPE_CHECKING:  # for the annotations only: install.py imports this module, w
 
 # (family, the module that marks it, its Generation class); the first whose marker is found runs
 FAMILIES = (("forge", "backend.patcher", "ForgeGeneration"),
-            ("ldm_patched", "ldm_patched.modules.model_patcher", "LdmPatchedGeneration"),
+            ("reforge", "ldm_patched.modules.model_patcher", "ReforgeGeneration"),
             ("a1111", None, "A1111Generation"))
 
 

@@ -1,15 +1,16 @@
 """AutoLoRA for one generation request, as every host runs it; a host family subclasses it.
 
-Per sampling pass the host prepares its hooks (`prepare_pass`); per denoiser call it decides which
-model evaluations the call needs (`begin_call`); when the pass's sampler returns, what the network
-switch held on the device is released (`end_pass`), before the WebUI decodes; at the end everything
-it patched is undone (`close`). What differs between hosts (their conds, their networks, their sampler) is asked of the
-subclass through the methods that raise NotImplementedError here.
+Per sampling pass the host prepares its hooks (`prepare_pass`); per denoiser call `begin_call` decides
+which model evaluations the call needs and keeps that as `step` (a frozen `core.step.Step`), which the
+host code reads; when the pass's sampler returns, what the network switch held on the device is
+released (`end_pass`), before the WebUI decodes; every patch and hook goes through `recorder`, and
+`close` undoes it all at the end. What differs between hosts (their conds, their networks, their
+sampler) is asked of the subclass through the methods that raise NotImplementedError here.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ class Switch(Protocol):
     """What a generation asks of its host's network switch (hosts/: A1111's, the patchers')."""
     switches: int  # times the networks were switched off and on again
     switch_seconds: float
-    layers: Any  # its hosts/layer_off.py LayerSwitch: the layers it switches, for the test state report
+    layers: Any  # its hosts/layers/layer_off.py LayerSwitch: the layers it switches, for the test state report
 
     def networks_off(self, exact: bool = ..., batch_rows: int | None = ...) -> AbstractContextManager[Any]: ...
     def held_bytes(self) -> int: ...
@@ -67,7 +68,7 @@ class Generation:
 
     # -- what each host provides --
 
-    def loaded_networks(self) -> Sequence[Network]:
+    def loaded_networks(self) -> list[Network]:
         """The host's list of the prompt's active networks (its own list object)."""
         raise NotImplementedError
 
@@ -102,7 +103,7 @@ class Generation:
 
     def _stop_applying(self, reason: str) -> bool:
         """AutoLoRA stands aside for the rest of the generation; True the first time."""
-        if not self.report.stand_aside(reason):
+        if not self.report.record_not_applied(reason):
             return False
         if not self.report.active_steps:  # nothing applied: the infotext must not say otherwise
             forget_infotext(self.p)
@@ -178,7 +179,7 @@ class Generation:
         assert self.pass_params is not None, "AutoLoRA applies to this pass"
         return self.pass_params.gamma == 1 and self.pass_params.lora_cfg is None
 
-    def start_pass(self, p: Processing) -> Sequence[Network] | None:
+    def start_pass(self, p: Processing) -> list[Network] | None:
         """The prompt's loaded networks if AutoLoRA applies to the sampling pass that starts, else
         None (the hires pass can be off; without networks AutoLoRA stands aside)."""
         self.pass_params = self.params.for_pass(getattr(p, "is_hr_pass", False))

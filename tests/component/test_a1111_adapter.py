@@ -13,7 +13,7 @@ import torch
 
 from lib_autolora.core.guidance import Passes
 from lib_autolora.core.params import AutoLoraParamError, AutoLoraParams
-from lib_autolora.hosts import layer_off
+from lib_autolora.hosts.layers import layer_off
 from lib_autolora.webui import lifecycle
 from tests.support import fake_a1111
 from tests.support.a1111_like_lora import load_kohya
@@ -26,7 +26,7 @@ PROMPTS = ["a cat AND a red hat :0.5", "a [dog:fox:2]"]  # an AND prompt and a p
 LONG_PROMPTS = ["a cat sitting on a mat AND a red hat :0.5", "a [dog:fox:2]"]  # the cond takes two chunks
 NEGATIVES = ["blurry", "ugly"]
 TE_LAYERS = ["cond_stage_model.layers.0", "cond_stage_model.layers.2"]
-HOST_MODULES = ("lib_autolora.hosts.common", "lib_autolora.hosts.a1111.adapter")  # import the fake WebUI
+HOST_MODULES = ("lib_autolora.hosts.a1111_api", "lib_autolora.hosts.a1111.adapter")  # import the fake WebUI
 Run = collections.namedtuple("Run", "samples p generation denoisers")
 
 
@@ -288,7 +288,7 @@ def test_base_conds_skip_a_list_cache_keyed_without_the_networks(a1111, monkeypa
     """ersatzForge caches conds per processing object in `p.cond_cache`, keyed without the networks'
     state: the base conds must be encoded afresh, and the host's cache left as it was."""
     processing = sys.modules["modules.processing"]
-    common = importlib.import_module("lib_autolora.hosts.common")
+    common = importlib.import_module("lib_autolora.hosts.a1111_api")
     host_setup = processing.StableDiffusionProcessing.setup_conds
 
     def list_cached_setup(p):
@@ -302,7 +302,7 @@ def test_base_conds_skip_a_list_cache_keyed_without_the_networks(a1111, monkeypa
     p = processing.StableDiffusionProcessing(PROMPTS, NEGATIVES)
     stale = (object(), object())
     p.cond_cache = [[tuple(PROMPTS), stale]]
-    generation = common.CommonGeneration(p, AutoLoraParams(True), a1111.shared.opts)
+    generation = common.A1111ApiGeneration(p, AutoLoraParams(True), a1111.shared.opts)
     c, uc = generation.encode_base_conds(p, contextlib.nullcontext)
     assert c is not stale[0] and uc is not stale[1] and uc is not None
     assert p.cond_cache == [[tuple(PROMPTS), stale]]

@@ -6,8 +6,9 @@ import types
 import pytest
 import torch
 
-from lib_autolora.hosts import layer_off, patcher_hooks
 from lib_autolora.hosts.a1111.networks import NetworkSwitch
+from lib_autolora.hosts.layers import layer_off
+from lib_autolora.hosts.patcher import hooks as patcher_hooks
 from tests.support.a1111_like_lora import LoraHost, load_kohya
 from tests.support.kohya_files import write_lora
 from tests.support.tiny_unet import LORA_LAYERS, make_tiny_unet

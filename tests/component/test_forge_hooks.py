@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-import lib_autolora.hosts.patcher_hooks as patcher_hooks
+import lib_autolora.hosts.patcher.hooks as patcher_hooks
 from lib_autolora import hosts
 from lib_autolora.core import guidance
 from lib_autolora.core.guidance import Passes
@@ -222,7 +222,7 @@ def test_host_detection_is_from_what_imports(monkeypatch):
             raise ModuleNotFoundError(name)
         return real(name, *a)
     monkeypatch.setattr(importlib.util, "find_spec", no_backend)
-    assert hosts.family() == "a1111"  # nor ldm_patched here
+    assert hosts.family() == "a1111"  # nor reforge here
 
 
 class Condition:

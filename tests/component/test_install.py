@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lib_autolora.hosts import a1111, forge, ldm_patched
+from lib_autolora.hosts import a1111, forge, reforge
 
 INSTALL = pathlib.Path(__file__).resolve().parents[2] / "install.py"
 
@@ -61,16 +61,16 @@ def test_a_forge_without_online_lora_is_named(tmp_path):
     assert "(forge family)" in output and "online LoRA" in output
 
 
-def test_a_complete_ldm_patched_webui_is_accepted_silently(tmp_path):
+def test_a_complete_reforge_family_webui_is_accepted_silently(tmp_path):
     """Its files make the family's marker module (ldm_patched/modules/model_patcher.py) importable."""
-    assert run_installer(make_webui(tmp_path, ldm_patched.REQUIRES)) == ""
+    assert run_installer(make_webui(tmp_path, reforge.REQUIRES)) == ""
 
 
-@pytest.mark.parametrize("index", range(len(ldm_patched.REQUIRES)))
-def test_an_ldm_patched_webui_without_a_feature_gets_one_line_naming_it(tmp_path, index):
-    path, _, provider = ldm_patched.REQUIRES[index]
-    output = run_installer(make_webui(tmp_path, ldm_patched.REQUIRES, leave_out=index))
-    assert output.startswith("AutoLoRA: this WebUI (ldm_patched family) lacks")
+@pytest.mark.parametrize("index", range(len(reforge.REQUIRES)))
+def test_a_reforge_family_webui_without_a_feature_gets_one_line_naming_it(tmp_path, index):
+    path, _, provider = reforge.REQUIRES[index]
+    output = run_installer(make_webui(tmp_path, reforge.REQUIRES, leave_out=index))
+    assert output.startswith("AutoLoRA: this WebUI (reforge family) lacks")
     assert provider in output and path in output
 
 

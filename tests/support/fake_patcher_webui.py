@@ -1,5 +1,5 @@
 """What Forge (dfdcbab) and reForge (3b56b268) keep of A1111's WebUI around their ComfyUI-style UNet
-patchers, stood in for tier-2 tests of the Forge and ldm_patched adapters; the backends are
+patchers, stood in for tier-2 tests of the Forge and reForge family adapters; the backends are
 `fake_forge.py` and `fake_reforge.py`. Written from those hosts' modules/processing.py,
 sd_samplers_kdiffusion.py, sd_samplers_common.py and their built-in Lora extension's networks.py, cut
 to what a txt2img generation with Euler and kohya LoRA files touches:

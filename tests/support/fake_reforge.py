@@ -1,6 +1,6 @@
-"""A stand-in for reForge's ldm_patched backend (branch main, commit 3b56b268) as the ldm_patched adapter
+"""A stand-in for reForge's ldm_patched backend (branch main, commit 3b56b268) as the reForge family adapter
 meets it, around the WebUI frame of `fake_patcher_webui`, for tier-2 tests of
-`lib_autolora.hosts.ldm_patched.adapter`. Written from ldm_patched/modules/model_patcher.py,
+`lib_autolora.hosts.reforge.adapter`. Written from ldm_patched/modules/model_patcher.py,
 model_management.py and samplers.py, modules_forge/forge_sampler.py and unet_patcher.py, and
 modules/sd_samplers_cfg_denoiser.py:
 

@@ -1,5 +1,5 @@
 """What the tier-2 generation tests of the patcher hosts (test_forge_generation.py on fake_forge,
-test_ldm_patched_generation.py on fake_reforge) share: the WebUI's txt2img request with AutoLoRA's
+test_reforge_generation.py on fake_reforge) share: the WebUI's txt2img request with AutoLoRA's
 script in it (the hooks of scripts/autolora.py, through lib_autolora.webui.lifecycle), the reference
 that computes AutoLoRA's result from its definition on separately run models, and the host's state
 that must be as it was after a generation."""
@@ -25,7 +25,7 @@ SIMPLE_PROMPTS = ["a cat", "a [dog:fox:2]"]  # one cond row per image
 OTHER_PROMPTS = ["a bird on a branch", "a fish"]
 NEGATIVES = ["blurry", "ugly"]
 LORA_FILE_LAYERS = ["text_encoder.layers.0", "text_encoder.layers.2"] + ["diffusion_model." + n for n in LORA_LAYERS]
-COMMON_MODULES = ("lib_autolora.hosts.common", "lib_autolora.hosts.patcher_generation")  # import the WebUI's
+COMMON_MODULES = ("lib_autolora.hosts.a1111_api", "lib_autolora.hosts.patcher.generation")  # import the WebUI's
 Run = collections.namedtuple("Run", "samples p generation")
 
 

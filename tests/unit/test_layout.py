@@ -98,6 +98,37 @@ def test_the_core_needs_no_torch():
     assert all("torch" not in {n.split(".")[0] for n in imports(p)} for p in core if p.exists())
 
 
+# modules that change objects without the recorder, and why: the lifecycle keeps its generation on `p`
+# (finished by its owner), the X/Y/Z axes set values on the plot's own copy of `p`, the patcher hooks
+# mark functions of their own and empty the copies a host made of hooked options
+CHANGES_WITHOUT_RECORDER = {"lib_autolora.core.recorder", "lib_autolora.webui.lifecycle", "lib_autolora.webui.xyz",
+                            "lib_autolora.hosts.patcher.hooks"}
+
+
+def object_changes(path):
+    """Lines of `path` that set or delete attributes or write an object's `__dict__` directly."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        call = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr")
+        method = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "__dict__" \
+            and node.func.attr in ("pop", "update", "setdefault", "clear")
+        item = isinstance(node, (ast.Assign, ast.Delete)) and any(
+            isinstance(t, ast.Subscript) and isinstance(t.value, ast.Attribute) and t.value.attr == "__dict__"
+            for t in getattr(node, "targets", []))
+        if call or method or item:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_recorder_sets_and_undoes():
+    """Every patch, hook and switch goes through core.recorder (the modules above say why they do not)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    found = {name: object_changes(path) for name, path in modules.items() if name not in CHANGES_WITHOUT_RECORDER}
+    assert {name: lines for name, lines in found.items() if lines} == {}
+    assert object_changes(modules["lib_autolora.core.recorder"]), "the check sees what the recorder does"
+
+
 def test_the_checks_see_a_circle_and_a_layer_break():
     internal = {"lib_autolora.core.a": {"lib_autolora.webui.b"}, "lib_autolora.webui.b": {"lib_autolora.core.a"}}
     assert cycles(internal) == set(internal)

@@ -149,3 +149,21 @@ def test_memory_and_batched_come_last_by_position_and_reach_infotext_only_when_n
     entries = params.to_infotext()
     assert entries == {"AutoLoRA": True, "AutoLoRA memory": "lean", "AutoLoRA batched": True}
     assert AutoLoraParams.from_infotext({k: str(v) for k, v in entries.items()}) == params
+
+
+def test_the_type_checkers_view_of_the_parameters_names_every_field_with_its_type():
+    """ParamsMethods tells the type checker what params_type makes of FIELDS; this keeps the two the same."""
+    import ast
+    import inspect
+
+    from lib_autolora.core import params
+
+    source = ast.parse(inspect.getsource(params.ParamsMethods))
+    block = next(node for node in ast.walk(source) if isinstance(node, ast.If)
+                 and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+    declared = [(node.target.id, ast.unparse(node.annotation)) for node in block.body
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and not node.target.id.startswith("__")]
+    types = {"bool": "bool", "choice": "str", "number": "float"}
+    expected = [(f.name, types[f.kind] + (" | None" if f.default is None else "")) for f in FIELDS]
+    assert declared == expected

@@ -32,8 +32,8 @@ def test_range_that_no_call_falls_in_is_reported():
 
 def test_standing_aside_is_said_once_and_replaces_the_summary():
     report = RunReport(AutoLoraParams(True))
-    assert report.stand_aside("no LoRA network is active in the prompt")
-    assert not report.stand_aside("another reason")
+    assert report.record_not_applied("no LoRA network is active in the prompt")
+    assert not report.record_not_applied("another reason")
     assert report.not_applied == "no LoRA network is active in the prompt"
     assert report.summary() is None
 

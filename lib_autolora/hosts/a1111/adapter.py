@@ -22,15 +22,16 @@ from lib_autolora.core import guidance
 from lib_autolora.core.params import ParamsMethods
 from lib_autolora.hosts.a1111 import controlnet
 from lib_autolora.hosts.a1111.networks import NetworkSwitch, network_names
-from lib_autolora.hosts.common import CommonGeneration
-from lib_autolora.hosts.layer_off import BatchLayoutError
+from lib_autolora.hosts.a1111_api import A1111ApiGeneration
+from lib_autolora.hosts.layers.layer_off import BatchLayoutError
 from lib_autolora.webui.host_objects import Conds, Denoiser, DenoiserParams, Options, Processing, SdModel
 
 from modules import shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds, subscript_cond
 
 
-def _counting_forward(generation, host_forward, x, *args, **kwargs):
+def _counting_forward(generation: A1111Generation, host_forward: Callable[..., torch.Tensor], x: torch.Tensor,
+                      *args: Any, **kwargs: Any) -> torch.Tensor:
     """The denoiser's inner model, as patched: counts the rows the host evaluates (fewer when it
     skips the uncond pass); the host's own evaluations are the LoRA pass, or the base pass (networks
     off) in base-only calls; with batched evaluation the base rows ride along in the host's LoRA call."""
@@ -41,14 +42,15 @@ def _counting_forward(generation, host_forward, x, *args, **kwargs):
     if step.passes is guidance.Passes.BASE:
         with generation.base_pass(exact=True):
             return host_forward(x, *args, **kwargs)
-    if step.passes is guidance.Passes.BOTH and step.params.batched and generation.lora_forward_ran:
+    if step.passes is guidance.Passes.BOTH and step.params is not None and step.params.batched \
+            and generation.lora_forward_ran:
         return generation.evaluate_batched(host_forward, x, *args, **kwargs)
     generation.lora_forward_ran = True  # it merges the networks into every layer it runs
     with generation.lora_pass():
         return host_forward(x, *args, **kwargs)
 
 
-def _condition(cond, image_cond):
+def _condition(cond: Conds, image_cond: torch.Tensor) -> dict[str, Any]:
     """The condition dict CFGDenoiser.forward builds for the inner model."""
     if shared.sd_model.model.conditioning_key == "crossattn-adm":
         return {"c_crossattn": [cond], "c_adm": image_cond}
@@ -57,7 +59,7 @@ def _condition(cond, image_cond):
     return {"c_crossattn": [cond], "c_concat": [image_cond]}
 
 
-def _join(a, b):
+def _join(a: Any, b: Any) -> Any:
     """Two condition structures (tensors, and lists or dicts of them) joined along the batch."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape[1:] == b.shape[1:]:
         return torch.cat([a, b])
@@ -68,7 +70,7 @@ def _join(a, b):
     raise ValueError("the base model's conditions differ in shape from the LoRA model's")
 
 
-class A1111Generation(CommonGeneration):
+class A1111Generation(A1111ApiGeneration):
     switch: NetworkSwitch | None
 
     def __init__(self, p: Processing, params: ParamsMethods, opts: Options) -> None:

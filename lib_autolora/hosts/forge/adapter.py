@@ -1,7 +1,7 @@
 """Forge adapter: everything that touches Forge's backend.
 
 Forge computes CFG inside `backend.sampling.sampling_function` and never fires on_cfg_denoised.
-Per sampling pass a clone of the UNet patcher gets the hooks of `hosts.patcher_hooks`: a post-CFG
+Per sampling pass a clone of the UNet patcher gets the hooks of `hosts.patcher.hooks`: a post-CFG
 function (first in the list, so it sees the host's raw result) that evaluates the base model with
 `calc_cond_uncond_batch`, the call Forge's own PAG and SAG use, with the prompt's LoRA patches
 switched off; and a model function wrapper that runs base-only calls with the patches off.
@@ -13,16 +13,16 @@ from __future__ import annotations
 import math
 import os
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
-import lib_autolora.hosts.patcher_hooks as patcher_hooks
+import lib_autolora.hosts.patcher.hooks as patcher_hooks
 from lib_autolora.core.params import ParamsMethods
 from lib_autolora.hosts.forge.lora import ForgeLoraSwitch
-from lib_autolora.hosts.layer_off import BatchLayoutError
-from lib_autolora.hosts.patcher_generation import PatcherGeneration, pass_scale
-from lib_autolora.webui.host_objects import DenoiserParams, Network, Options, Processing, UnetPatcher
+from lib_autolora.hosts.layers.layer_off import BatchLayoutError
+from lib_autolora.hosts.patcher.generation import PatcherGeneration, pass_scale
+from lib_autolora.webui.host_objects import Denoiser, DenoiserParams, Network, Options, Processing, UnetPatcher
 
 from backend import memory_management
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
@@ -32,7 +32,7 @@ from modules import shared
 FLOAT_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _host_cond_scale(denoiser, sigma):
+def _host_cond_scale(denoiser: Denoiser, sigma: torch.Tensor) -> float:
     """The scale CFGDenoiser.forward hands to sampling_function for this call (1 when it skips CFG)."""
     opts, extra, p = shared.opts, denoiser.sampler.sampler_extra_args, denoiser.p
     if opts.skip_early_cond > 0 and denoiser.step / denoiser.total_steps <= opts.skip_early_cond:
@@ -53,7 +53,7 @@ class ForgeGeneration(PatcherGeneration):
         self.batched_base: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_failed: str | None = None  # why batched evaluation cannot apply to this generation
 
-    def loaded_networks(self) -> Sequence[Network]:
+    def loaded_networks(self) -> list[Network]:
         loaded = super().loaded_networks()
         if loaded:
             return loaded

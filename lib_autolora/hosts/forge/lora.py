@@ -8,11 +8,15 @@ layers and are applied at each forward. The low-rank terms come from the patcher
 says they are the ones it merged. The switch itself is `WeightSwitch`; duck-typed on those
 attributes, this imports nothing from the WebUI.
 """
+from __future__ import annotations
+
+from typing import Any
+
 from lib_autolora.core.recorder import ABSENT
-from lib_autolora.hosts.weight_switch import WeightSwitch
+from lib_autolora.hosts.layers.weight_switch import Factors, OnlinePatch, WeightSwitch
 
 
-def _lora_factors(patch):
+def _lora_factors(patch: tuple[Any, ...]) -> Factors | None:
     """(up, down, alpha, mid, strength) of a plain "lora" patch; None for LoHa, LoKr, GLoRA, diff, DoRA,
     an offset into a fused weight, a weight function or a model strength other than 1."""
     strength, value, strength_model, offset, function = patch[:5]
@@ -25,24 +29,25 @@ def _lora_factors(patch):
 
 
 class ForgeLoraSwitch(WeightSwitch):
-    def __init__(self, model, lora_patches=None, mode="auto"):
+    def __init__(self, model: Any, lora_patches: dict[tuple[Any, ...], dict[str, list[Any]]] | None = None,
+                 mode: str = "auto") -> None:
         """`model`: the patcher's model, which owns `lora_loader`; `lora_patches`: the patcher's
         {(file, strength, model strength, online): {key: patches}}."""
         super().__init__(model, mode)
         self._patches = lora_patches or {}
 
-    def originals(self):
+    def originals(self) -> dict[str, Any]:
         return self.model.lora_loader.backup
 
-    def online_patches(self):
+    def online_patches(self) -> list[OnlinePatch]:
         layers = dict.fromkeys(layer for layer in self.model.lora_loader.online_backup
                                if hasattr(layer, "forge_online_loras"))
         return [(layer, "forge_online_loras", ABSENT) for layer in layers]
 
-    def merged_state(self):
+    def merged_state(self) -> object:
         return self.model.lora_loader.loaded_hash
 
-    def low_rank_factors(self, key):
+    def low_rank_factors(self, key: str) -> list[Factors] | None:
         if str(list(self._patches.keys())) != self.merged_state():
             return None
         factors = []

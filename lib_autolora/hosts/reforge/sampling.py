@@ -8,9 +8,19 @@ Early 2024's (Forge Classic) has `calc_cond_uncond_batch` and runs its pre-CFG f
 inputs before evaluating: the host ran those for this call already, and the base pass takes the
 input they left (the post-CFG arguments' `input`).
 """
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
 
 
-def predictions(samplers, model, cond, uncond, x, sigma, options, cond_scale):
+class RecordsScale(Protocol):
+    def record_host_scale(self, scale: float) -> None: ...
+
+
+def predictions(samplers: Any, model: Any, cond: Any, uncond: Any, x: torch.Tensor, sigma: torch.Tensor,
+                options: dict[str, Any], cond_scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) predictions as the host's sampling_function makes them before its CFG."""
     if not hasattr(samplers, "calc_cond_batch"):
         return samplers.calc_cond_uncond_batch(model, cond, uncond, x, sigma, options)
@@ -26,11 +36,12 @@ def predictions(samplers, model, cond, uncond, x, sigma, options, cond_scale):
     return out[0], out[1]
 
 
-def scale_recorder(generation):
+def scale_recorder(generation: RecordsScale) -> Any:
     """A conditioning modifier (the hosts run them last before sampling_function, and hand them the
     scale it gets) that hands that scale to `generation.record_host_scale`. A plain function: the
     patchers deep-copy model options when they clone."""
-    def record(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+    def record(model: Any, x: torch.Tensor, timestep: torch.Tensor, uncond: Any, cond: Any, cond_scale: float,
+               model_options: dict[str, Any], seed: Any) -> tuple[Any, ...]:
         generation.record_host_scale(cond_scale)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     return record

@@ -1,9 +1,9 @@
-"""ldm_patched adapter: everything that touches the backend of reForge and Forge Classic.
+"""reForge family adapter: everything that touches the backend of reForge and Forge Classic.
 
 These hosts keep A1111's CFGDenoiser, which fires the cfg_denoiser callback, converts the conds it
 left to ldm_patched's and calls `ldm_patched.modules.samplers.sampling_function`, where CFG happens;
 on_cfg_denoised never fires. Per sampling pass a clone of the UNet patcher gets the hooks of
-`hosts.patcher_hooks`: a post-CFG function first in the list (it sees the host's raw result) that
+`hosts.patcher.hooks`: a post-CFG function first in the list (it sees the host's raw result) that
 evaluates the base model through the host's own batched evaluation with the prompt's LoRA switched
 off, and a model function wrapper that runs base-only calls with it off. LoRA-only and base-only
 calls return the host's own result, so gamma 1 and gamma 0 match plain generations bit for bit.
@@ -19,18 +19,18 @@ from collections.abc import Callable
 
 import torch
 
-import lib_autolora.hosts.patcher_hooks as patcher_hooks
-from lib_autolora.hosts.ldm_patched import sampling
-from lib_autolora.hosts.ldm_patched.lora import LdmPatchedLoraSwitch
-from lib_autolora.hosts.patcher_generation import PatcherGeneration
+import lib_autolora.hosts.patcher.hooks as patcher_hooks
+from lib_autolora.hosts.patcher.generation import PatcherGeneration
+from lib_autolora.hosts.reforge import sampling
+from lib_autolora.hosts.reforge.lora import ReforgeLoraSwitch
 from lib_autolora.webui.host_objects import Processing, UnetPatcher
 
 from ldm_patched.modules import model_management, model_patcher, samplers
 from modules_forge import forge_sampler
 
 
-class LdmPatchedGeneration(PatcherGeneration):
-    switch: LdmPatchedLoraSwitch | None
+class ReforgeGeneration(PatcherGeneration):
+    switch: ReforgeLoraSwitch | None
 
     def low_vram(self) -> bool:
         return patcher_hooks.offloading(model_management, self.p.sd_model.forge_objects.unet)
@@ -48,10 +48,10 @@ class LdmPatchedGeneration(PatcherGeneration):
                     "with more than 12 keys it cannot match)")
         return None
 
-    def switch_for(self, p: Processing, unet: UnetPatcher) -> tuple[Callable[[], LdmPatchedLoraSwitch], object]:
+    def switch_for(self, p: Processing, unet: UnetPatcher) -> tuple[Callable[[], ReforgeLoraSwitch], object]:
         sd_model = p.sd_model
         low_vram_patch = getattr(model_patcher, "LowVramPatch", None)  # reForge's; Classic has none
-        return (lambda: LdmPatchedLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch,
+        return (lambda: ReforgeLoraSwitch(lambda: sd_model.forge_objects.unet, low_vram_patch,
                                              self.memory_mode()), unet.model)
 
     def hook_extras(self, options: patcher_hooks.ModelOptions) -> None:

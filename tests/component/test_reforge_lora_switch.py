@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from lib_autolora.hosts.ldm_patched.lora import LdmPatchedLoraSwitch
+from lib_autolora.hosts.reforge.lora import ReforgeLoraSwitch
 from tests.support.ldm_patched_like import BaseModelLike, LdmPatcherLike, LowVramPatch
 
 UNET = "diffusion_model."
@@ -34,7 +34,7 @@ def make(style, inplace, low_vram=True):
 
 
 def switch_for(patcher):
-    return LdmPatchedLoraSwitch(lambda: patcher, LowVramPatch)
+    return ReforgeLoraSwitch(lambda: patcher, LowVramPatch)
 
 
 @pytest.mark.parametrize("style, inplace", STYLES)
@@ -67,7 +67,7 @@ def test_the_backup_is_read_from_the_patcher_loaded_at_each_switch():
     """Classic: loading a clone unpatches the one loaded before and fills the clone's own backup."""
     plain, model, first, inputs = make("classic", False, low_vram=False)
     loaded = {"patcher": first}
-    switch = LdmPatchedLoraSwitch(lambda: loaded["patcher"], None)
+    switch = ReforgeLoraSwitch(lambda: loaded["patcher"], None)
     with switch.networks_off():
         assert torch.equal(model(*inputs), plain(*inputs))
     second = first.clone()

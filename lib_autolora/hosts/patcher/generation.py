@@ -1,4 +1,4 @@
-"""What the generations of the two patcher-based families (Forge, ldm_patched) share: a sampling pass
+"""What the generations of the two patcher-based families (Forge, reForge) share: a sampling pass
 set up on a hooked clone of the UNet patcher, which denoiser calls are theirs, and the refiner check.
 A family says only what differs: what it cannot guide, its network switch, the scale of a call where
 it knows it, and its model calls (`evaluate_base`, `evaluate_batched`)."""
@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-import lib_autolora.hosts.patcher_hooks as patcher_hooks
-from lib_autolora.hosts.common import CommonGeneration
-from lib_autolora.hosts.weight_switch import WeightSwitch
+import lib_autolora.hosts.patcher.hooks as patcher_hooks
+from lib_autolora.hosts.a1111_api import A1111ApiGeneration
+from lib_autolora.hosts.layers.weight_switch import WeightSwitch
 from lib_autolora.webui.generation import Switch
 from lib_autolora.webui.host_objects import Denoiser, DenoiserParams, Processing, UnetPatcher
 
@@ -24,7 +24,7 @@ def pass_scale(p: Processing) -> float:
     return getattr(p, "hr_cfg", p.cfg_scale) if p.is_hr_pass else p.cfg_scale
 
 
-class PatcherGeneration(CommonGeneration):
+class PatcherGeneration(A1111ApiGeneration):
     switch: WeightSwitch | None
 
     # -- what each family provides --

@@ -1,4 +1,4 @@
-"""Tier 2: the ldm_patched adapter's host-free parts: the base model's evaluation through either
+"""Tier 2: the reForge family adapter's host-free parts: the base model's evaluation through either
 generation of the host's samplers module, the CFG scale the host used (from reForge's post-CFG
 arguments or recorded by a conditioning modifier for Forge Classic), the combination on reForge's
 argument layout, and host detection."""
@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-import lib_autolora.hosts.patcher_hooks as patcher_hooks
+import lib_autolora.hosts.patcher.hooks as patcher_hooks
 from lib_autolora import hosts
 from lib_autolora.core import guidance
 from lib_autolora.core.guidance import Passes
@@ -17,7 +17,7 @@ from lib_autolora.core.params import AutoLoraParams
 from lib_autolora.core.recorder import Recorder
 from lib_autolora.core.report import RunReport
 from lib_autolora.core.step import Step
-from lib_autolora.hosts.ldm_patched import sampling
+from lib_autolora.hosts.reforge import sampling
 
 
 def samplers_2025(calls):
@@ -144,8 +144,8 @@ def finds(monkeypatch, *present):
                         lambda name, *a: types.SimpleNamespace() if name in present else real(name, *a))
 
 
-def test_the_ldm_patched_family_is_detected_from_what_imports(monkeypatch):
+def test_the_reforge_family_is_detected_from_what_imports(monkeypatch):
     finds(monkeypatch, "ldm_patched.modules.model_patcher")
-    assert hosts.family() == "ldm_patched"
+    assert hosts.family() == "reforge"
     finds(monkeypatch, "ldm_patched.modules.model_patcher", "backend.patcher")
     assert hosts.family() == "forge"

@@ -8,13 +8,18 @@ original lives only in the backup. In reForge's low-VRAM mode the modules left o
 device are not merged: a `LowVramPatch` in their `weight_function`/`bias_function` list applies the
 patch at each forward. The switch itself is `WeightSwitch`; this imports nothing from the WebUI.
 """
-from lib_autolora.hosts.weight_switch import WeightSwitch
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lib_autolora.hosts.layers.weight_switch import OnlinePatch, WeightSwitch
 
 FUNCTION_LISTS = ("weight_function", "bias_function")  # a module's per-forward weight and bias functions
 
 
-class LdmPatchedLoraSwitch(WeightSwitch):
-    def __init__(self, current_patcher, patch_type=None, mode="auto"):
+class ReforgeLoraSwitch(WeightSwitch):
+    def __init__(self, current_patcher: Callable[[], Any], patch_type: type | None = None, mode: str = "auto") -> None:
         """`current_patcher()`: the patcher whose weights are loaded now, asked at each switch (in Forge
         Classic every clone keeps its own backup, filled when that clone loads). `patch_type`: the
         host's per-forward patch class (LowVramPatch), None where it has none. No low-rank terms here:
@@ -23,13 +28,13 @@ class LdmPatchedLoraSwitch(WeightSwitch):
         self.current_patcher = current_patcher
         self.patch_type = patch_type
 
-    def originals(self):
+    def originals(self) -> dict[str, Any]:
         backup = self.current_patcher().backup
         # a backup entry is the host's namedtuple holding the weight, or the tensor itself
         return {key: entry.weight if isinstance(entry, tuple) else entry  # type: ignore[attr-defined]
                 for key, entry in backup.items()}
 
-    def online_patches(self):
+    def online_patches(self) -> list[OnlinePatch]:
         if self.patch_type is None:
             return []
         found = []

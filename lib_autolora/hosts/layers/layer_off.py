@@ -21,8 +21,12 @@ A switch swaps attributes only: a layer's parameter slots for `copy`, its instan
 `stream` and `term`. Nothing is written into a weight, so undoing a switch leaves every weight the
 host merged bit for bit as it was.
 """
+from __future__ import annotations
+
 import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,17 +35,19 @@ from lib_autolora.core.recorder import Recorder
 
 COPY, STREAM, TERM = "copy", "stream", "term"
 COMFORTABLE_SHARE = 0.5  # copies only where they take at most this share of the device's budget
+LowRankPart = tuple[torch.Tensor, torch.Tensor, 'torch.Tensor | None', float]  # (down, up, mid, scale), shaped
+Slot = tuple[Any, str, 'torch.Tensor | None']  # (owner, attribute, original tensor or None)
 
 
 class BatchLayoutError(RuntimeError):
     """A layer saw a batch that does not hold the LoRA and base rows the batched call set up."""
 
 
-def tensor_bytes(tensors):
+def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def device_budget(device):
+def device_budget(device: torch.device) -> int | None:
     """Bytes AutoLoRA may take for new tensors on `device`, or None where the device cannot say (then
     `auto` takes the lean path). CUDA and XPU: the driver's free memory plus what the allocator holds
     unused; MPS (memory shared with the system): the recommended working set minus what Metal has
@@ -60,19 +66,20 @@ def device_budget(device):
     return None
 
 
-def get_slot(owner, name):
+def get_slot(owner: Any, name: str) -> Any:
     """A module's tensor, read past nn.Module.__getattr__ (a switch touches hundreds of layers twice)."""
     return owner._parameters[name] if name in owner._parameters else getattr(owner, name)
 
 
-def _conv_config(layer):
+def _conv_config(layer: torch.nn.Module) -> tuple[Any, Any, Any] | None:
     """(stride, padding, dilation) of a Conv2d whose convolution a low-rank term can repeat, else None."""
     if getattr(layer, "groups", 1) != 1 or getattr(layer, "padding_mode", "zeros") != "zeros":
         return None
     return layer.stride, layer.padding, layer.dilation
 
 
-def low_rank_part(layer, weight, down, up, mid, scale):
+def low_rank_part(layer: torch.nn.Module, weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                  mid: torch.Tensor | None, scale: float) -> LowRankPart | None:
     """One network's factors shaped for the term on `layer` (Linear-like or Conv2d), or None where they do
     not make a plain low-rank product of the weight's shape (other shapes, grouped or padded convolutions)."""
     rank = down.shape[0]
@@ -99,30 +106,37 @@ class LowRankTerm:
     costs two small products; `down` (and `mid`) take the input's dtype, `up` float32, so the rank-sized
     product is the only one in half precision. The host's own factor tensors stay where they are."""
 
-    def __init__(self, layer, parts):
+    def __init__(self, layer: torch.nn.Module, parts: list[LowRankPart]) -> None:
         self.conv = _conv_config(layer) if isinstance(layer, torch.nn.Conv2d) else None
         self.parts = parts  # [(down, up, mid or None, scale)] from low_rank_part
-        self.factors, self.key = None, None  # [(down, up, mid)] on the device and dtype of the last input
+        # [(down, up, mid)] on the device and dtype of the last input
+        self.factors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
+        self.key: tuple[torch.device, torch.dtype] | None = None
 
-    def held_bytes(self):
+    def held_bytes(self) -> int:
         return tensor_bytes(t for factors in self.factors or () for t in factors)
 
-    def release(self):
+    def release(self) -> None:
         self.factors, self.key = None, None
 
-    def _on(self, x):
+    def _on(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         key = (x.device, x.dtype)
-        if key != self.key:
-            def on(t, scale=1.0, dtype=x.dtype):  # the scale is folded in at float32
-                return (t.to(device=x.device, dtype=torch.float32) * scale).to(dtype)
-            plain = [part for part in self.parts if part[2] is None]
-            self.factors = [(torch.cat([on(d) for d, _, _, _ in plain]),
-                             torch.cat([on(u, s, torch.float32) for _, u, _, s in plain], 1), None)] if plain else []
-            self.factors += [(on(d), on(u, s, torch.float32), on(m)) for d, u, m, s in self.parts if m is not None]
-            self.key = key
-        return self.factors
+        if key == self.key and self.factors is not None:
+            return self.factors
 
-    def __call__(self, x):
+        def on(t: torch.Tensor, scale: float = 1.0, dtype: torch.dtype = x.dtype) -> torch.Tensor:
+            return (t.to(device=x.device, dtype=torch.float32) * scale).to(dtype)  # the scale folded in at float32
+
+        plain = [part for part in self.parts if part[2] is None]
+        factors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        if plain:
+            factors.append((torch.cat([on(d) for d, _, _, _ in plain]),
+                            torch.cat([on(u, s, torch.float32) for _, u, _, s in plain], 1), None))
+        factors += [(on(d), on(u, s, torch.float32), on(m)) for d, u, m, s in self.parts if m is not None]
+        self.factors, self.key = factors, key
+        return factors
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The summed term for input `x`, in float32."""
         total = None
         for down, up, mid in self._on(x):
@@ -133,6 +147,7 @@ class LowRankTerm:
             else:
                 out = F.conv2d(F.conv2d(F.conv2d(x, down), mid, None, *self.conv).float(), up)
             total = out if total is None else total + out
+        assert total is not None, "a term has at least one part"
         return total
 
 
@@ -140,20 +155,21 @@ class OffLayer:
     """One layer holding the merged networks: its original tensors (the host's backups), its low-rank term
     where the networks have one, and the forwards a switch installs on it."""
 
-    def __init__(self, layer, fields, term, switch):
+    def __init__(self, layer: torch.nn.Module, fields: list[Slot], term: LowRankTerm | None,
+                 switch: LayerSwitch) -> None:
         self.layer = layer
         self.fields = fields  # [(owner, attribute, original tensor or None)]
         self.term = term      # LowRankTerm, or None where a network on the layer is not low-rank
         self.switch = switch  # its `base_rows` says which rows of a batched call are base rows
-        self.copies = None
+        self.copies: list[Any] | None = None
         previous = layer.__dict__.get("forward")  # a host that patches instances (a test stand-in) keeps it
         self.host_forward = previous if previous is not None else type(layer).forward.__get__(layer)
 
-    def size(self):
+    def size(self) -> int:
         """Bytes of the layer's tensors the networks change, as the layer holds them."""
         return tensor_bytes(get_slot(owner, name) for owner, name, _ in self.fields)
 
-    def copy_bytes(self):
+    def copy_bytes(self) -> int:
         """Memory `copy` would hold: none for originals that already live on the layer's device in its dtype."""
         total = 0
         for owner, name, original in self.fields:
@@ -162,16 +178,16 @@ class OffLayer:
                 total += original.numel() * current.element_size()
         return total
 
-    def held_bytes(self):
+    def held_bytes(self) -> int:
         held = self.term.held_bytes() if self.term is not None else 0
         return held + (self.copy_bytes() if self.copies is not None else 0)
 
-    def release(self):
+    def release(self) -> None:
         self.copies = None
         if self.term is not None:
             self.term.release()
 
-    def originals(self, keep):
+    def originals(self, keep: bool) -> list[Any]:
         """The originals as tensors on the layer's device (the very same tensors where they live there)."""
         values = []
         for owner, name, original in self.fields:
@@ -184,13 +200,13 @@ class OffLayer:
             self.copies = values
         return values
 
-    def swap_in(self, values, recorder):
+    def swap_in(self, values: list[Any], recorder: Recorder) -> None:
         """Puts `values` into the layer's slots, to be undone by `recorder`."""
         for (owner, name, _), value in zip(self.fields, values):
             recorder.set_slot(owner, name, value)
 
     @contextlib.contextmanager
-    def swapped(self, values):
+    def swapped(self, values: list[Any]) -> Iterator[None]:
         recorder = Recorder()
         try:
             self.swap_in(values, recorder)
@@ -200,22 +216,24 @@ class OffLayer:
 
     # -- the forwards a switch installs --
 
-    def _base_rows(self, x):
+    def _base_rows(self, x: torch.Tensor) -> slice | None:
         rows = self.switch.base_rows
         if rows is not None and x.shape[0] != rows.stop:
             raise BatchLayoutError(f"a layer saw {x.shape[0]} rows where the batched call has {rows.stop}")
         return rows
 
-    def term_forward(self, x, *args, **kwargs):
+    def term_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The host's output minus the term, as a new tensor: a host or extension may keep the one it made."""
+        term = self.term
+        assert term is not None, "the layer's networks are low-rank"
         y = self.host_forward(x, *args, **kwargs)
         rows = self._base_rows(x)
         if rows is None:
-            return (y.float() - self.term(x)).to(y.dtype)
-        base = (y[rows].float() - self.term(x[rows])).to(y.dtype)
+            return (y.float() - term(x)).to(y.dtype)
+        base = (y[rows].float() - term(x[rows])).to(y.dtype)
         return torch.cat([y[:rows.start], base])
 
-    def originals_forward(self, x, *args, **kwargs):
+    def originals_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """The layer with its originals: the held copies, else streamed ones; on base rows only when batched."""
         values = self.copies if self.copies is not None else self.originals(keep=False)
         rows = self._base_rows(x)
@@ -229,16 +247,16 @@ class OffLayer:
         return _join_rows(lora, base)
 
 
-def _rows(values, rows, total):
+def _rows(values: Any, rows: slice, total: int) -> Any:
     """The tensors among `values` (a tuple or dict) that hold the whole batch, cut to `rows`."""
-    def cut(value):
+    def cut(value: Any) -> Any:
         return value[rows] if torch.is_tensor(value) and value.dim() and value.shape[0] == total else value
     if isinstance(values, dict):
         return {key: cut(value) for key, value in values.items()}
     return tuple(cut(value) for value in values)
 
 
-def _join_rows(lora, base):
+def _join_rows(lora: Any, base: Any) -> Any:
     """Outputs of the two halves back in one batch (a tensor, or a tuple such as MultiheadAttention's)."""
     if isinstance(lora, tuple):
         return tuple(None if a is None else torch.cat([a, b]) for a, b in zip(lora, base))
@@ -254,13 +272,13 @@ class LayerSwitch:
     must be exact (`exact=True`: the base model's own steps at gamma 0, the base text encoding) use copies
     where they are free or held, else streamed originals, never terms."""
 
-    def __init__(self, mode):
+    def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.path = None  # "fast" or "lean", decided on the first switch
-        self.ways = {}  # OffLayer -> its way for calls that allow float tolerance
-        self.base_rows = None  # slice of the base rows while a batched call runs
+        self.path: str | None = None  # "fast" or "lean", decided on the first switch
+        self.ways: dict[OffLayer, str] = {}  # OffLayer -> its way for calls that allow float tolerance
+        self.base_rows: slice | None = None  # slice of the base rows while a batched call runs
 
-    def decide(self, layers):
+    def decide(self, layers: list[OffLayer]) -> None:
         """Picks the path and every new layer's way; `layers` are the OffLayers of one switch."""
         new = [off for off in layers if off not in self.ways]
         if not new:
@@ -268,7 +286,7 @@ class LayerSwitch:
         device = get_slot(*new[0].fields[0][:2]).device
         budget = device_budget(device) if any(off.copy_bytes() for off in new) else None
 
-        def fit(layers):
+        def fit(layers: list[OffLayer]) -> bool:
             needed = sum(off.copy_bytes() for off in layers)
             return needed == 0 or (budget is not None and needed <= COMFORTABLE_SHARE * budget)
 
@@ -282,7 +300,7 @@ class LayerSwitch:
             else:
                 self.ways[off] = TERM if off.term is not None else STREAM
 
-    def turn_off(self, off, exact, recorder):
+    def turn_off(self, off: OffLayer, exact: bool, recorder: Recorder) -> None:
         """Switches one layer off, to be undone by `recorder`."""
         way = self.ways[off]
         if way == TERM and exact:
@@ -294,13 +312,13 @@ class LayerSwitch:
             off.originals(keep=True)
         recorder.set_attr(off.layer, "forward", off.term_forward if way == TERM else off.originals_forward)
 
-    def held_bytes(self):
+    def held_bytes(self) -> int:
         return sum(off.held_bytes() for off in self.ways)
 
-    def changed_bytes(self):
+    def changed_bytes(self) -> int:
         return sum(off.size() for off in self.ways)
 
-    def describe(self):
+    def describe(self) -> str:
         """The path and its layers by way, for the console line."""
         if self.path is None:
             return ""
@@ -309,12 +327,12 @@ class LayerSwitch:
         parts = [names[way].format(n) for way, n in counts.items() if n]
         return f"{self.path} path ({', '.join(parts)})"
 
-    def release_held(self):
+    def release_held(self) -> None:
         """Drops what the layers hold on the device; their ways stay, and the next switch makes it again."""
         for off in self.ways:
             off.release()
 
-    def release(self):
+    def release(self) -> None:
         self.release_held()
         self.ways.clear()
 
@@ -323,13 +341,14 @@ class OffSwitch:
     """What every host's network switch keeps: each layer's way without its networks (`layers`), the
     number of switches and the time they took."""
 
-    def __init__(self, mode):
+    def __init__(self, mode: str) -> None:
         self.layers = LayerSwitch(mode)
         self.switches = 0
         self.switch_seconds = 0.0  # time spent switching off and on, not in the model
 
     @contextlib.contextmanager
-    def switched_off(self, make_offs, exact, batch_rows, also=None):
+    def switched_off(self, make_offs: Callable[[], list[OffLayer]], exact: bool, batch_rows: int | None,
+                     also: Callable[[Recorder], None] | None = None) -> Iterator[None]:
         """The OffLayers that `make_offs()` returns off inside, and whatever `also(recorder)` changes besides
         (the host's own bookkeeping); all of it undone after. Counts the switch and the time it takes."""
         started = time.perf_counter()
@@ -351,19 +370,19 @@ class OffSwitch:
             recorder.undo()
             self.switch_seconds += time.perf_counter() - started
 
-    def held_bytes(self):
+    def held_bytes(self) -> int:
         """Memory held for the base pass: copies of originals and low-rank factors on the device."""
         return self.layers.held_bytes()
 
-    def changed_bytes(self):
+    def changed_bytes(self) -> int:
         return self.layers.changed_bytes()
 
-    def describe(self):
+    def describe(self) -> str:
         return self.layers.describe()
 
-    def release_held(self):
+    def release_held(self) -> None:
         """At the end of a sampling pass: copies and factors go, the layers' ways stay."""
         self.layers.release_held()
 
-    def release(self):
+    def release(self) -> None:
         self.layers.release()

@@ -1,4 +1,4 @@
-"""The ldm_patched family: reForge, Forge Classic and Forge before its 2024 backend rewrite, whose
+"""The reForge family: reForge, Forge Classic and Forge before its 2024 backend rewrite, whose
 backend is the ComfyUI-derived `ldm_patched` package: the adapter on its UNet patcher's sampler
 hooks and the switch of its merged LoRA weights."""
 

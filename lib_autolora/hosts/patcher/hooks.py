@@ -1,4 +1,4 @@
-"""What Forge and the ldm_patched family share of the adapter: hooks on a ComfyUI-style UNet
+"""What Forge and the reForge family share of the adapter: hooks on a ComfyUI-style UNet
 patcher's model options, the post-CFG combination on their argument layout, and the text encoder
 without LoRA. Host-free: the WebUI's objects are handed in.
 

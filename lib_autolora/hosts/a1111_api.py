@@ -2,13 +2,13 @@
 prompt schedules and its built-in Lora extension's list of loaded networks."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 from lib_autolora.core.recorder import ABSENT, Recorder
 from lib_autolora.core.step import StepConds
-from lib_autolora.hosts.layer_off import BatchLayoutError
+from lib_autolora.hosts.layers.layer_off import BatchLayoutError
 from lib_autolora.webui.generation import Generation
 from lib_autolora.webui.host_objects import Conds, Network, Processing
 
@@ -20,10 +20,10 @@ COND_FIELDS = ("c", "uc", "hr_c", "hr_uc", "cached_c", "cached_uc", "cached_hr_c
 LIST_CACHES = ("cond_cache",)
 
 
-class CommonGeneration(Generation):
+class A1111ApiGeneration(Generation):
     recoverable = (BatchLayoutError,)  # a batched call that cannot apply falls back to two calls
 
-    def loaded_networks(self) -> Sequence[Network]:
+    def loaded_networks(self) -> list[Network]:
         import networks  # the host's built-in Lora extension, importable once it has loaded
         return networks.loaded_networks
 

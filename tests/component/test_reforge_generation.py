@@ -1,4 +1,4 @@
-"""Tier 2: the ldm_patched generation (`lib_autolora.hosts.ldm_patched.adapter.LdmPatchedGeneration`, for
+"""Tier 2: the ldm_patched generation (`lib_autolora.hosts.reforge.adapter.ReforgeGeneration`, for
 reForge and Forge Classic) driven end to end through the script's hooks (lib_autolora.webui.lifecycle) on
 a stand-in of reForge (fake_reforge around fake_patcher_webui): txt2img with Euler on a small UNet and
 text encoder, a kohya LoRA on both merged by the ModelPatcher, the host's own samplers module and memory
@@ -7,7 +7,7 @@ layers. The shared driver, reference and state checks are in support/patcher_gen
 import pytest
 import torch
 
-from lib_autolora.hosts import layer_off
+from lib_autolora.hosts.layers import layer_off
 from tests.support import fake_reforge
 from tests.support.patcher_generation_checks import (
     CFG,
@@ -37,7 +37,7 @@ def reforge(monkeypatch, tmp_path, request):
     """The stand-in reForge with the adapter imported against it and the LoRA file `style`. Parametrized
     indirectly with fake_reforge.install's options (`backup_dtype`, `inplace`, `low_vram_layers`)."""
     world = fake_reforge.install(monkeypatch, **getattr(request, "param", {}))
-    with world_with_adapter(world, "lib_autolora.hosts.ldm_patched.adapter", "LdmPatchedGeneration", tmp_path):
+    with world_with_adapter(world, "lib_autolora.hosts.reforge.adapter", "ReforgeGeneration", tmp_path):
         yield world
 
 
