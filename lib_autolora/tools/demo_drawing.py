@@ -1,12 +1,20 @@
 """The demo's picture: one panel per sampler, the samples over the base's data and the LoRA's look."""
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lib_autolora.tools.toy_model import CENTERS, LORA_RADIUS, RING, ring
 
+if TYPE_CHECKING:
+    import os
 
-def _font(size):
+    from PIL import ImageDraw, ImageFont
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
     try:
         return ImageFont.load_default(size=size)
@@ -18,7 +26,7 @@ VIEW = (CENTERS[RING] - 1.5, CENTERS[RING] + 1.5)   # the panels show the ring c
 SAMPLE_BLUE, LORA_RED = (40, 90, 210), (220, 30, 30)
 
 
-def draw_samples(canvas, pixels, cell=3):
+def draw_samples(canvas: ImageDraw.ImageDraw, pixels: np.ndarray, cell: int = 3) -> None:
     """The samples as blue discs, one per cell x cell pixel bin, the area growing with the count, so
     piled-up samples show as big discs."""
     bins, counts = np.unique(np.floor(pixels / cell).astype(int), axis=0, return_counts=True)
@@ -27,7 +35,7 @@ def draw_samples(canvas, pixels, cell=3):
         canvas.ellipse((x - r, y - r, x + r, y + r), fill=SAMPLE_BLUE)
 
 
-def draw(result, path, size=380):
+def draw(result: Any, path: str | os.PathLike[str], size: int = 380) -> None:
     """One PNG, a panel per sampler (a), (b), (c): grey the base's training data, pink the LoRA's
     ring, red circles its six training points, blue discs the samples (bigger where they pile up)."""
     from PIL import Image, ImageDraw
@@ -36,7 +44,7 @@ def draw(result, path, size=380):
     image = Image.new("RGB", (size * len(panels), size + header + footer), "white")
     canvas = ImageDraw.Draw(image)
 
-    def to_pixels(xy):
+    def to_pixels(xy: np.ndarray) -> np.ndarray:
         xy = (np.asarray(xy) - VIEW[0]) / (VIEW[1] - VIEW[0])
         return np.stack([xy[:, 0] * (size - 1), (1 - xy[:, 1]) * (size - 1)], axis=1)
 

@@ -13,19 +13,26 @@ RGB and centred on its own mean, so the cosine similarity of two images is the P
 of their pixels. Pixel diversities are comparable with each other, not with DINOv2 ones or the
 paper's tables.
 """
+from __future__ import annotations
+
 import argparse
 import csv
 import os
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_DINOV2 = "facebook/dinov2-giant"
 PIXEL_SIZE = 32
 
 
-def diversity_from_similarity(similarity):
+def diversity_from_similarity(similarity: np.ndarray | Sequence[Sequence[float]]) -> float:
     """1 - the mean of the pairwise similarities above the diagonal of an N x N matrix (N >= 2)."""
     similarity = np.asarray(similarity, dtype=np.float64)
     n = len(similarity)
@@ -35,7 +42,7 @@ def diversity_from_similarity(similarity):
     return float(1.0 - upper.mean())
 
 
-def diversity(features):
+def diversity(features: np.ndarray | Sequence[Sequence[float]]) -> float:
     """Eq. 8 on an N x D array of feature vectors (N >= 2). A zero vector has similarity 0 to all."""
     features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
@@ -43,7 +50,7 @@ def diversity(features):
     return diversity_from_similarity(np.clip(unit @ unit.T, -1.0, 1.0))  # rounding can pass +-1
 
 
-def div_x(diversity_value, score):
+def div_x(diversity_value: float, score: float | Sequence[float]) -> float:
     """The paper's Div-CPS / Div-PC / Div-SA: the diversity of a set times its mean score."""
     scores = np.atleast_1d(np.asarray(score, dtype=np.float64))
     return float(diversity_value * scores.mean())
@@ -55,7 +62,7 @@ class FeaturesUnavailable(RuntimeError):
     """DINOv2 cannot run here (no transformers, or the model is not available locally)."""
 
 
-def pixel_features(images, size=PIXEL_SIZE):
+def pixel_features(images: Iterable[Image.Image], size: int = PIXEL_SIZE) -> np.ndarray:
     """Each PIL image downscaled to size x size RGB, flattened and centred on its own mean."""
     rows = []
     for image in images:
@@ -67,7 +74,7 @@ def pixel_features(images, size=PIXEL_SIZE):
 class Dinov2:
     """DINOv2 image features (the CLS token of the last layer), as in the paper."""
 
-    def __init__(self, model=DEFAULT_DINOV2, allow_download=False):
+    def __init__(self, model: str = DEFAULT_DINOV2, allow_download: bool = False) -> None:
         try:
             import torch
             from transformers import AutoImageProcessor, AutoModel
@@ -81,7 +88,7 @@ class Dinov2:
             raise FeaturesUnavailable(f"{model} is not available{where}: {str(error).splitlines()[0]}") from None
         self.torch = torch
 
-    def __call__(self, images, batch=16):
+    def __call__(self, images: Sequence[Image.Image], batch: int = 16) -> np.ndarray:
         rows = []
         with self.torch.no_grad():
             for i in range(0, len(images), batch):
@@ -90,7 +97,9 @@ class Dinov2:
         return np.concatenate(rows)
 
 
-def feature_extractor(kind="dinov2", model=DEFAULT_DINOV2, allow_download=False, note=print):
+def feature_extractor(kind: str = "dinov2", model: str = DEFAULT_DINOV2, allow_download: bool = False,
+                      note: Callable[[str], object] = print,
+                      ) -> tuple[str, Callable[[Sequence[Image.Image]], np.ndarray]]:
     """(name, function from a list of PIL images to an N x D array). DINOv2 falls back to pixels."""
     if kind == "pixels":
         return "pixels", pixel_features
@@ -104,11 +113,11 @@ def feature_extractor(kind="dinov2", model=DEFAULT_DINOV2, allow_download=False,
         return "pixels", pixel_features
 
 
-def image_files(folder):
+def image_files(folder: str) -> list[str]:
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def load_images(paths):
+def load_images(paths: Iterable[str]) -> list[Image.Image]:
     from PIL import Image
     images = []
     for path in paths:
@@ -119,15 +128,15 @@ def load_images(paths):
 
 # -------------------------------------------------------------------------------------- scores
 
-def read_scores(path, column="score"):
+def read_scores(path: str, column: str = "score") -> dict[str, float]:
     """{absolute image path: score} from a CSV with a `file` (or `path`/`image`) column and `column`.
     Relative file names are taken relative to the CSV's folder; empty scores are skipped."""
     base = os.path.dirname(os.path.abspath(path))
-    scores = {}
+    scores: dict[str, float] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         name_column = next((c for c in ("file", "path", "image") if c in (reader.fieldnames or [])), None)
-        if name_column is None or column not in reader.fieldnames:
+        if name_column is None or column not in (reader.fieldnames or []):
             raise ValueError(f"{path} needs a file (or path/image) column and a {column!r} column; "
                              f"it has {reader.fieldnames}")
         for row in reader:
@@ -136,14 +145,14 @@ def read_scores(path, column="score"):
     return scores
 
 
-def folder_scores(paths, scores):
+def folder_scores(paths: Iterable[str], scores: Mapping[str, float]) -> list[float]:
     keys = [os.path.normpath(os.path.abspath(p)) for p in paths]
     return [scores[key] for key in keys if key in scores]
 
 
 # ----------------------------------------------------------------------------------------- CLI
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib_autolora.tools.metrics", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("diversity", help="Eq. 8 per folder of images (one folder = one set X)")

@@ -21,6 +21,8 @@ chat-completions endpoint, using the paper's Appendix A prompts: `cps` (A.1, cha
 0-5; `--character`/`--work` name the character) or `pc-sa` (A.2, prompt correspondence and style
 adherence, 0-5; `--style` names the style). Set AUTOLORA_VLM_API_KEY if the endpoint wants a key.
 """
+from __future__ import annotations
+
 import argparse
 import base64
 import csv
@@ -29,6 +31,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -39,9 +43,9 @@ from lib_autolora.tools.vlm import VLM_PROMPTS, VlmScorer
 
 # ------------------------------------------------------------------------------------ grid
 
-def parse_list(text, kind=float):
+def parse_list(text: str, kind: Callable[[str], float] = float) -> list[float]:
     """"1,1.5,2" -> [1.0, 1.5, 2.0]; integers also take ranges: "1-4,9" -> [1, 2, 3, 4, 9]."""
-    values = []
+    values: list[float] = []
     for part in str(text).split(","):
         part = part.strip()
         if kind is int and re.fullmatch(r"-?\d+-\d+", part):
@@ -52,12 +56,12 @@ def parse_list(text, kind=float):
     return values
 
 
-def cell_name(lora_weight, gamma, w1, w2):
+def cell_name(lora_weight: float, gamma: float, w1: float, w2: float) -> str:
     cfg = lambda w: "cfg" if not w else f"{w:g}"  # noqa: E731
     return f"lw{lora_weight:g}_g{gamma:g}_w1-{cfg(w1)}_w2-{cfg(w2)}"
 
 
-def make_cells(args):
+def make_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every (LoRA weight, gamma, w1, w2), validated through AutoLoraParams before any request."""
     cells = []
     for lora_weight in args.lora_weights:
@@ -71,7 +75,7 @@ def make_cells(args):
     return cells
 
 
-def txt2img_payload(args, cell, seed):
+def txt2img_payload(args: argparse.Namespace, cell: Mapping[str, Any], seed: int) -> dict[str, Any]:
     payload = {"prompt": f"{args.prompt} <lora:{args.lora}:{cell['lora_weight']:g}>",
                "negative_prompt": args.negative_prompt, "seed": seed, "steps": args.steps,
                "cfg_scale": args.cfg, "width": args.width, "height": args.height, "batch_size": 1, "n_iter": 1,
@@ -86,11 +90,11 @@ def txt2img_payload(args, cell, seed):
 class Progress:
     """A text progress bar on stderr (one line per step when stderr is not a terminal)."""
 
-    def __init__(self, total, stream=None, width=28):
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 28) -> None:
         self.total, self.done, self.width, self.start = total, 0, width, time.monotonic()
         self.stream = stream or sys.stderr
 
-    def step(self, label):
+    def step(self, label: str) -> None:
         self.done += 1
         elapsed = time.monotonic() - self.start
         left = elapsed / self.done * (self.total - self.done)
@@ -104,13 +108,13 @@ class Progress:
 
 # ------------------------------------------------------------------------------------ sweep
 
-def check_lora(url, name, timeout):
+def check_lora(url: str, name: str, timeout: float) -> None:
     names = {lora.get("name") for lora in http_json(url + "/sdapi/v1/loras", timeout=timeout)}
     if name not in names:
         raise SystemExit(f"the WebUI at {url} has no LoRA named {name!r}; it has: {', '.join(sorted(names))}")
 
 
-def generate(args, cell, seed):
+def generate(args: argparse.Namespace, cell: Mapping[str, Any], seed: int) -> tuple[bytes, str]:
     """(PNG bytes, infotext) of one image."""
     try:
         response = http_json(args.url + "/sdapi/v1/txt2img", txt2img_payload(args, cell, seed), args.timeout)
@@ -125,11 +129,13 @@ def generate(args, cell, seed):
     return png, infotext
 
 
-def score_columns(scorer):
+def score_columns(scorer: VlmScorer | None) -> list[str]:
     return list(scorer.keys.values()) if scorer else []
 
 
-def run_sweep(args, scorer=None, extractor=None, progress_stream=None):
+def run_sweep(args: argparse.Namespace, scorer: VlmScorer | None = None,
+              extractor: tuple[str, Callable[[Sequence[Any]], np.ndarray]] | None = None,
+              progress_stream: TextIO | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Generate, score and measure the grid. Returns (image rows, cell rows)."""
     os.makedirs(args.out, exist_ok=True)
     cells = make_cells(args)
@@ -162,7 +168,8 @@ def run_sweep(args, scorer=None, extractor=None, progress_stream=None):
     return image_rows, cell_rows
 
 
-def measure_cell(cell, rows, out, feature_name, extract, columns):
+def measure_cell(cell: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out: str, feature_name: str,
+                 extract: Callable[[Sequence[Any]], np.ndarray], columns: Sequence[str]) -> dict[str, Any]:
     images = metrics.load_images([os.path.join(out, row["file"]) for row in rows])
     value = metrics.diversity(extract(images)) if len(images) > 1 else float("nan")
     result = {"cell": cell["cell"], "lora_weight": cell["lora_weight"], "gamma": cell["gamma"],
@@ -176,8 +183,8 @@ def measure_cell(cell, rows, out, feature_name, extract, columns):
     return result
 
 
-def write_csv(path, rows):
-    columns = []
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    columns: list[str] = []
     for row in rows:
         columns.extend(key for key in row if key not in columns)
     with open(path, "w", newline="") as handle:
@@ -190,13 +197,13 @@ def write_csv(path, rows):
 
 # ------------------------------------------------------------------------------------ tables
 
-def series_label(cell):
+def series_label(cell: Mapping[str, Any]) -> str:
     cfg = lambda w: "CFG" if not w else f"{w:g}"  # noqa: E731
     method = "LoRA+CFG" if cell["gamma"] == 1 else f"AutoLoRA g{cell['gamma']:g}"
     return f"{method} w1 {cfg(cell['w1'])} w2 {cfg(cell['w2'])}" if cell["gamma"] != 1 else method
 
 
-def x_axis(cells):
+def x_axis(cells: Sequence[Mapping[str, Any]]) -> str:
     """The first of LoRA weight, gamma, w2, w1 that the sweep varies."""
     for key in ("lora_weight", "gamma", "w2", "w1"):
         if len({c[key] for c in cells}) > 1:
@@ -204,7 +211,7 @@ def x_axis(cells):
     return "lora_weight"
 
 
-def text_table(cells, columns):
+def text_table(cells: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Table 1 of the paper as text: a row per cell."""
     head = ["LoRA weight", "method", "diversity"]
     for column in columns:
@@ -218,7 +225,7 @@ def text_table(cells, columns):
     return "\n".join(lines)
 
 
-def plot_table(cells, columns, path):
+def plot_table(cells: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str) -> str:
     """diversity, each score and each Div-X against the first swept setting; a message either way."""
     try:
         import matplotlib
@@ -229,7 +236,7 @@ def plot_table(cells, columns, path):
     key = x_axis(cells)
     panels = ["diversity"] + [m for column in columns for m in (column, "div_" + column)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    series = {}
+    series: dict[str, list[Mapping[str, Any]]] = {}
     for c in cells:
         label = series_label(c) if key != "gamma" else f"w1 {c['w1'] or 'CFG'} w2 {c['w2'] or 'CFG'}"
         if key != "lora_weight":
@@ -251,7 +258,7 @@ def plot_table(cells, columns, path):
 
 # --------------------------------------------------------------------------------------- CLI
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lib_autolora.tools.sweep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (started with --api)")
@@ -293,7 +300,8 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None, progress_stream=None):
+def main(argv: Sequence[str] | None = None,
+         progress_stream: TextIO | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     args = parse_args(argv)
     try:
         make_cells(args)

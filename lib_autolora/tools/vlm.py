@@ -1,9 +1,13 @@
 """Scoring images with a vision-language model, with the paper's Appendix A prompts, behind an
 OpenAI-compatible chat-completions endpoint (set AUTOLORA_VLM_API_KEY if it wants a key)."""
+from __future__ import annotations
+
 import base64
 import json
 import os
 import re
+from collections.abc import Iterable
+from typing import Any
 
 from lib_autolora.tools.http_client import http_json
 
@@ -59,25 +63,26 @@ VLM_PROMPTS = {
 SCORE_RANGE = (0.0, 5.0)
 
 
-def vlm_prompt(kind, prompt="", character="Princess Anna", work="Disney’s Frozen movie", style="pixel art"):
+def vlm_prompt(kind: str, prompt: str = "", character: str = "Princess Anna", work: str = "Disney’s Frozen movie",
+               style: str = "pixel art") -> str:
     template, _ = VLM_PROMPTS[kind]
     return template.format(prompt=prompt, character=character, work=work, style=style)
 
 
-def parse_scores(reply, keys):
+def parse_scores(reply: str | None, keys: Iterable[str]) -> dict[str, float | None]:
     """{key: float or None} from a VLM reply that should hold a JSON object with those keys. Takes
     code fences, trailing commas, "4", [4] and prose around the JSON; a missing value or one outside
     0-5 is None."""
-    found = {}
+    found: Any = {}
     match = re.search(r"\{.*\}", reply or "", re.DOTALL)
     if match:
         try:
             found = json.loads(re.sub(r",\s*([}\]])", r"\1", match.group(0)))
         except ValueError:
             found = {}
-    scores = {}
+    scores: dict[str, float | None] = {}
     for key in keys:
-        value = found.get(key) if isinstance(found, dict) else None
+        value: Any = found.get(key) if isinstance(found, dict) else None
         if value is None:  # not parsed as JSON: look for "key": 4 / [4] / "4" in the text
             hit = re.search(rf'"?{re.escape(key)}"?\s*:\s*\[?\s*"?(-?\d+(?:\.\d+)?)', reply or "")
             value = hit.group(1) if hit else None
@@ -94,7 +99,7 @@ def parse_scores(reply, keys):
 class VlmScorer:
     """Scores one image with an OpenAI-compatible chat-completions endpoint."""
 
-    def __init__(self, url, model, kind, timeout=300, **prompt_fields):
+    def __init__(self, url: str, model: str, kind: str, timeout: float = 300, **prompt_fields: str) -> None:
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model, self.kind, self.timeout, self.prompt_fields = model, kind, timeout, prompt_fields
@@ -102,14 +107,14 @@ class VlmScorer:
         key = os.environ.get("AUTOLORA_VLM_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
-    def request(self, png, prompt):
+    def request(self, png: bytes, prompt: str) -> dict[str, Any]:
         data_url = "data:image/png;base64," + base64.b64encode(png).decode()
         text = vlm_prompt(self.kind, prompt=prompt, **self.prompt_fields)
         return {"model": self.model, "temperature": 0, "max_tokens": 300,
                 "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
                                                           {"type": "text", "text": text}]}]}
 
-    def __call__(self, png, prompt):
+    def __call__(self, png: bytes, prompt: str) -> tuple[dict[str, float | None], str]:
         """({score column: value or None}, the reply text)."""
         response = http_json(self.url, self.request(png, prompt), self.timeout, self.headers)
         content = response["choices"][0]["message"]["content"]
