@@ -234,7 +234,7 @@ class Generation:
             self.held_at_most = max(self.held_at_most, self.switch.held_bytes())
             self.switch.release_held()
 
-    def begin_call(self, params: DenoiserParams, host_scale: float | None = None) -> Step:
+    def begin_call(self, params: DenoiserParams, host_scale: float | None = None) -> None:
         """Decides the denoiser call (its passes, and the base model's conds at this step where it runs),
         keeps it as `step` for the host code that runs the call, and hands the base conds to the host's
         denoiser for a base-only call. `host_scale`: the call's CFG scale, where the host code knows it."""
@@ -252,7 +252,6 @@ class Generation:
         self.report.record(passes, number, pass_label(self.p))
         if conds is not None and passes is guidance.Passes.BASE:
             params.text_cond, params.text_uncond = conds[1], conds[2]
-        return self.step
 
     def summary(self) -> str | None:
         switch = self.switch
